@@ -1,0 +1,10 @@
+"""ComfyUI nodes: thin translations from widgets to prism_core / prism_host calls."""
+from .concept_set import LoadConceptSet
+from .conditioning import PrismConditioning
+from .optimize_tokens import OptimizePrismTokens
+from .token_files import LoadPrismTokens, SavePrismEmbedding, SavePrismTokens
+
+_NODES = [LoadConceptSet, OptimizePrismTokens, PrismConditioning, SavePrismEmbedding, SavePrismTokens, LoadPrismTokens]
+
+NODE_CLASS_MAPPINGS = {f"ConceptPrism{cls.__name__}": cls for cls in _NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {f"ConceptPrism{cls.__name__}": cls.DISPLAY_NAME for cls in _NODES}

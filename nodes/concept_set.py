@@ -1,0 +1,61 @@
+"""LoadConceptSet: reference images and captions, squared to the training resolution."""
+from __future__ import annotations
+
+import hashlib
+
+from ..prism_core import concept_set
+from ..prism_core import images as image_io
+from ..prism_host.folders import resolve_input_folder
+from .types import CATEGORY, CONCEPT_SET
+
+
+class LoadConceptSet:
+    DISPLAY_NAME = "Load Concept Set (ConceptPrism)"
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (CONCEPT_SET, "IMAGE")
+    RETURN_NAMES = ("concept_set", "preview")
+    OUTPUT_TOOLTIPS = ("The images (resized and center-cropped) with their captions, for the ConceptPrism training nodes.",
+                       "The images exactly as training will see them.")
+    FUNCTION = "load"
+    DESCRIPTION = "2-6 images that share one concept (an object, a style, a pose), with one caption per image."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "folder": ("STRING", {"default": "concept", "tooltip": "Folder of reference images: a subfolder of ComfyUI's input directory or an absolute path. Captions come from <image name>.txt files beside the images. Ignored when 'images' is connected."}),
+                "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Training resolution: images are scaled so the short side fits and center-cropped to a square. 512 for SD1.5/SD2.1-base, 768 for SD2.1-768-v, 1024 for SDXL."}),
+                "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Optional: one caption per line, one line per image in file-name order (8-32 words describing the whole image). Overrides sidecar .txt files. Leave empty to use them."}),
+            },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": "Optional IMAGE batch to use instead of the folder."}),
+                "caption_text": ("STRING", {"forceInput": True, "tooltip": "Optional captions from another node (e.g. a captioner): one line per image. Overrides the captions widget."}),
+            },
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, folder, resolution, captions, images=None, caption_text=None):
+        if images is not None:
+            return ""
+        # Re-run when files in the folder change, not only when the widgets do.
+        path = resolve_input_folder(folder)
+        digest = hashlib.sha256()
+        if path.is_dir():
+            for item in sorted(path.iterdir()):
+                if item.is_file():
+                    stat = item.stat()
+                    digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()
+
+    def load(self, folder, resolution, captions, images=None, caption_text=None):
+        if caption_text is not None and caption_text.strip():
+            lines, source = image_io.split_caption_lines(caption_text), "caption_text input"
+        else:
+            lines, source = image_io.split_caption_lines(captions), "captions widget"
+        if images is not None:
+            result = concept_set.from_batch(images, resolution, lines, source)
+        else:
+            if not folder.strip():
+                raise image_io.ConceptSetError("LoadConceptSet: 'folder' is empty. Name a folder of images (inside ComfyUI's input directory or an absolute path), or connect an IMAGE batch to 'images'.")
+            result = concept_set.from_folder(resolve_input_folder(folder), resolution, lines, source)
+        return (result, result.images.clone())

@@ -1,0 +1,60 @@
+"""OptimizePrismTokens: Stage 1 (paper Algorithm 1) as a node."""
+from __future__ import annotations
+
+from ..prism_core.config import TokenConfig, help_text
+from ..prism_host.runtime import step_reporter
+from ..prism_host.stage1 import RunOptions, learn_tokens
+from ..prism_host.stage1_backend import TRAINING_DTYPES
+from .types import CATEGORY, CONCEPT_SET, PRISM_TOKENS
+
+
+def _tip(name: str) -> str:
+    return help_text(TokenConfig, name)
+
+
+class OptimizePrismTokens:
+    DISPLAY_NAME = "Optimize Prism Tokens (ConceptPrism Stage 1)"
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PRISM_TOKENS,)
+    RETURN_NAMES = ("tokens",)
+    OUTPUT_TOOLTIPS = ("The learned target token, one residual token per image, the captions, settings and loss history.",)
+    FUNCTION = "optimize"
+    DESCRIPTION = ("Learns a target token for what the images share and a residual token per image for what they don't "
+                   "(reconstruction + exclusion loss). The model and CLIP are not changed.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL). Left unchanged."}),
+                "clip": ("CLIP", {"tooltip": "The model's text encoder; its CLIPSetLastLayer setting is honoured. Left unchanged."}),
+                "vae": ("VAE", {"tooltip": "Encodes the reference images once per run."}),
+                "concept_set": (CONCEPT_SET, {"tooltip": "From Load Concept Set."}),
+                "target_length": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": _tip("target_length")}),
+                "residual_length": ("INT", {"default": 8, "min": 0, "max": 32, "tooltip": _tip("residual_length")}),
+                "beta": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": _tip("beta")}),
+                "exclusion_set_size": ("INT", {"default": 3, "min": 1, "max": 16, "tooltip": _tip("exclusion_set_size")}),
+                "learning_rate": ("FLOAT", {"default": 4e-4, "min": 1e-6, "max": 1e-1, "step": 1e-5, "round": False, "tooltip": _tip("learning_rate")}),
+                "steps": ("INT", {"default": 200, "min": 1, "max": 10000, "tooltip": _tip("steps")}),
+                "gradient_accumulation": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": _tip("gradient_accumulation")}),
+                "caption_init": ("BOOLEAN", {"default": True, "tooltip": _tip("caption_init")}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": _tip("seed")}),
+            },
+            "optional": {
+                "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Most samples sharing one model call (reconstruction + anchors). Lower it if you run out of memory; results do not change."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, about 30% slower. Results do not change."}),
+                "training_dtype": (list(TRAINING_DTYPES), {"default": "float32", "tooltip": "Autocast precision for the diffusion model on GPU (bfloat16 saves memory and time on recent cards). The token vectors always stay float32."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def optimize(self, model, clip, vae, concept_set, target_length, residual_length, beta, exclusion_set_size,
+                 learning_rate, steps, gradient_accumulation, caption_init, seed, max_batch=4,
+                 gradient_checkpointing=False, training_dtype="float32", unique_id=None):
+        config = TokenConfig(target_length=target_length, residual_length=residual_length, beta=beta,
+                             exclusion_set_size=exclusion_set_size, learning_rate=learning_rate, steps=steps,
+                             gradient_accumulation=gradient_accumulation, caption_init=caption_init, seed=seed)
+        options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing)
+        tokens = learn_tokens(model, clip, vae, concept_set, config, options,
+                              on_step=step_reporter(steps, unique_id, "Stage 1"))
+        return (tokens,)

@@ -1,0 +1,80 @@
+"""Saving and loading learned tokens: a ComfyUI embedding, or the whole token bank."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import folder_paths
+
+from ..prism_core.files import save_new_safetensors
+from ..prism_core.token_bank import PrismTokens
+from ..prism_host.folders import TOKENS_FOLDER, first_folder
+from .types import CATEGORY, PRISM_TOKENS
+
+
+def _name_in(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+class SavePrismEmbedding:
+    DISPLAY_NAME = "Save Prism Embedding (ConceptPrism)"
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("prompt_word",)
+    OUTPUT_TOOLTIPS = ("The word to put in any prompt, e.g. 'embedding:conceptprism/concept_00001_'.",)
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    DESCRIPTION = "Saves the target token into the embeddings folder so 'embedding:<name>' works in a plain CLIP Text Encode."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "tokens": (PRISM_TOKENS, {"tooltip": "The learned tokens; only the target token is saved (residual tokens describe the training images, not the concept)."}),
+            "filename_prefix": ("STRING", {"default": "conceptprism/concept", "tooltip": "Name (and optional subfolder) inside models/embeddings. A counter is appended; existing files are never overwritten."}),
+        }}
+
+    def save(self, tokens: PrismTokens, filename_prefix: str):
+        root = first_folder("embeddings")
+        path = save_new_safetensors(root, filename_prefix, tokens.embedding_tensors(),
+                                    {"conceptprism.family": tokens.family})
+        word = "embedding:" + _name_in(root, path.with_suffix(""))
+        return {"ui": {"text": [word]}, "result": (word,)}
+
+
+class SavePrismTokens:
+    DISPLAY_NAME = "Save Prism Tokens (ConceptPrism)"
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    DESCRIPTION = "Saves the whole token bank (target, residuals, captions, settings, loss history) to models/prism_tokens."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "tokens": (PRISM_TOKENS, {"tooltip": "The learned tokens to keep."}),
+            "filename_prefix": ("STRING", {"default": "conceptprism/concept", "tooltip": "Name (and optional subfolder) inside models/prism_tokens. A counter is appended; existing files are never overwritten."}),
+        }}
+
+    def save(self, tokens: PrismTokens, filename_prefix: str):
+        root = first_folder(TOKENS_FOLDER)
+        path = tokens.save(root, filename_prefix)
+        return {"ui": {"text": [_name_in(root, path)]}}
+
+
+class LoadPrismTokens:
+    DISPLAY_NAME = "Load Prism Tokens (ConceptPrism)"
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PRISM_TOKENS,)
+    RETURN_NAMES = ("tokens",)
+    OUTPUT_TOOLTIPS = ("The saved token bank, as Optimize Prism Tokens returned it.",)
+    FUNCTION = "load"
+    DESCRIPTION = "Loads a token bank saved by Save Prism Tokens."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "token_file": (folder_paths.get_filename_list(TOKENS_FOLDER), {"tooltip": "A file in models/prism_tokens."}),
+        }}
+
+    def load(self, token_file: str):
+        return (PrismTokens.load(Path(folder_paths.get_full_path_or_raise(TOKENS_FOLDER, token_file))),)

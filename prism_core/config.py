@@ -1,0 +1,67 @@
+"""Stage 1 settings as one dataclass whose field help doubles as the node tooltips."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Every knob of Algorithm 1 (paper Sec. 3.2-3.3). Defaults are the paper's, see METHOD.md."""
+
+    target_length: int = _setting(1, "Number of embedding vectors in the target token (the shared concept). The paper's ablation finds 1 best.")
+    residual_length: int = _setting(8, "Vectors per residual token (one token per image, for what the image does NOT share). 0 = no residual tokens (plain textual inversion).")
+    beta: float = _setting(0.05, "Weight of the exclusion loss (Eq. 4). 0 disables it; 0.05 is the paper's SD value.")
+    exclusion_set_size: int = _setting(3, "|J|: other images each residual token is checked against per micro-step (capped at N-1).")
+    learning_rate: float = _setting(4e-4, "AdamW learning rate for the token vectors (paper: 4e-4).")
+    steps: int = _setting(200, "Optimizer updates. One step = gradient_accumulation micro-steps, each on one image.")
+    gradient_accumulation: int = _setting(4, "Micro-steps (one image each) averaged into one optimizer update.")
+    caption_init: bool = _setting(True, "Start each residual token from the mean text-encoder embedding of its image's caption (paper Sec. 3.3). Off = random start (Table 2 rows 2-3).")
+    seed: int = _setting(0, "Seed for initialisation, image order, timesteps and noise. Same seed, same tokens.")
+    weight_decay: float = _setting(0.01, "AdamW weight decay (the reference implementation's 1e-2).")
+    max_grad_norm: float = _setting(1.0, "Gradient-norm clip on the token vectors (the reference implementation's 1.0); 0 disables.")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.target_length >= 1, "target_length must be at least 1"),
+            (self.residual_length >= 0, "residual_length must be 0 or more"),
+            (self.beta >= 0, "beta must be 0 or more"),
+            (self.exclusion_set_size >= 1, "exclusion_set_size must be at least 1"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (self.steps >= 1, "steps must be at least 1"),
+            (self.gradient_accumulation >= 1, "gradient_accumulation must be at least 1"),
+            (self.max_grad_norm >= 0, "max_grad_norm must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TokenConfig: {message}.")
+        if self.beta > 0 and self.residual_length == 0:
+            raise ValueError(
+                "TokenConfig: beta > 0 needs residual tokens; set residual_length >= 1 or beta = 0."
+            )
+
+    def anchors_for(self, n_images: int) -> int:
+        """|J| actually used with `n_images` images: the setting, or N-1 when fewer are available."""
+        return min(self.exclusion_set_size, n_images - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def help_text(config_class: type, name: str) -> str:
+    """The help string of one dataclass field (used as a node tooltip)."""
+    return config_class.__dataclass_fields__[name].metadata["help"]
+
+
+# The four rows of the paper's Table 2, as overrides of the defaults.
+TABLE2_CONFIGURATIONS: dict[str, dict[str, Any]] = {
+    "target_only": {"residual_length": 0, "beta": 0.0, "caption_init": False},
+    "residual": {"beta": 0.0, "caption_init": False},
+    "residual_exclusion": {"caption_init": False},
+    "full": {},
+}

@@ -1,0 +1,68 @@
+"""Safetensors files written the way ComfyUI names outputs: never overwriting, never half-written."""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+
+def _counter_pattern(stem: str, extension: str) -> re.Pattern[str]:
+    return re.compile(re.escape(stem) + r"_(\d+)_" + re.escape(extension) + r"$")
+
+
+def next_counter(directory: Path, stem: str, extension: str) -> int:
+    """1 + the highest counter among `<stem>_NNNNN_<extension>` files in `directory` (1 if none)."""
+    pattern = _counter_pattern(stem, extension)
+    counters = [int(m.group(1)) for p in directory.iterdir() if (m := pattern.match(p.name))] if directory.is_dir() else []
+    return max(counters, default=0) + 1
+
+
+def split_prefix(root: Path, prefix: str) -> tuple[Path, str]:
+    """ComfyUI's filename_prefix may name a subfolder ("concepts/dog"); keep it inside `root`."""
+    prefix = prefix.strip().replace("\\", "/") or "ConceptPrism"
+    target = (root / prefix).resolve()
+    root = root.resolve()
+    if os.path.commonpath([root, target]) != str(root):
+        raise ValueError(f"filename_prefix '{prefix}' points outside {root}; use a plain name or a subfolder.")
+    return target.parent, target.name
+
+
+def save_new_safetensors(
+    root: Path, prefix: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+    extension: str = ".safetensors",
+) -> Path:
+    """Write `tensors` to a new `<root>/<prefix>_NNNNN_.safetensors` and return its path.
+
+    The file is written to a temporary name in the same folder and then hard-linked to the final
+    name, which fails if that name exists: an existing file is never overwritten (even by a
+    concurrent writer) and an interrupted write leaves no file under the final name.
+    """
+    directory, stem = split_prefix(Path(root), prefix)
+    directory.mkdir(parents=True, exist_ok=True)
+    contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=directory)
+    os.close(descriptor)
+    try:
+        safetensors.torch.save_file(contiguous, temporary, metadata=metadata)
+        counter = next_counter(directory, stem, extension)
+        while True:
+            final = directory / f"{stem}_{counter:05}_{extension}"
+            try:
+                os.link(temporary, final)
+                return final
+            except FileExistsError:
+                counter += 1
+    finally:
+        os.unlink(temporary)
+
+
+def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors (on CPU) and header metadata of a safetensors file. Never unpickles anything."""
+    with safetensors.safe_open(str(path), framework="pt", device="cpu") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    return tensors, metadata

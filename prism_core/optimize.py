@@ -1,0 +1,209 @@
+"""Algorithm 1 (paper Sec. 3.2): optimise the target token and the per-image residual tokens.
+
+The loop is host-agnostic: a `Stage1Backend` encodes prompts into conditioning and predicts
+noise; `prism_host.stage1_backend` implements it on ComfyUI's MODEL and CLIP. Per micro-step:
+  - the reconstruction sample (image i, prompt "<target> with <residual i>") and the K anchor
+    samples (image j in J, prompt "<residual i>") share model calls (all carry gradients);
+  - the K null predictions (image j, empty prompt, the same z_t(j)) run without gradient;
+  - samples go through the model in chunks of at most `max_batch`, each chunk's gradient is
+    taken with respect to detached copies of the conditioning, and one final backward pass
+    pushes the summed conditioning gradient through the text encoder into the token vectors.
+    Peak memory then depends on the chunk size, not on |J|, and no gradient ever reaches the
+    model's own parameters (the backward pass is restricted to the token vectors).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from .config import TokenConfig
+from .losses import micro_step_weights, per_sample_mse
+from .schedule import MicroStep, draw_noise, plan_micro_steps
+from .token_bank import TARGET_SLOT, LossHistory, residual_slot
+
+Cond = dict[str, torch.Tensor]
+"""Conditioning of one prompt: model input name -> tensor with batch dim 1 (c_crossattn [1, L, D]; SDXL also y [1, A])."""
+
+SlotVectors = dict[str, dict[str, torch.Tensor]]
+"""slot name -> {text-encoder key: [n, D]}."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as words and token slots, e.g. ("prism_target", "with", "prism_residual_2")."""
+
+    parts: tuple[str, ...]
+
+
+def reconstruction_prompt(image: int, has_residual: bool) -> Prompt:
+    """Paper Sec. 3.2: "<t_target> with <t_res(i)>" (just "<t_target>" without residual tokens)."""
+    return Prompt((TARGET_SLOT, "with", residual_slot(image)) if has_residual else (TARGET_SLOT,))
+
+
+def residual_prompt(image: int) -> Prompt:
+    """Eq. (4)'s residual-only prompt "<t_res(i)>"."""
+    return Prompt((residual_slot(image),))
+
+
+class Stage1Backend(Protocol):
+    num_timesteps: int
+    max_batch: int
+
+    def encode(self, prompt: Prompt, vectors: SlotVectors) -> Cond:
+        """Differentiable text encoding of `prompt` with the slots filled from `vectors`."""
+
+    def encode_null(self) -> Cond:
+        """The empty prompt's conditioning (no gradient)."""
+
+    def predict_eps(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Noise z_t from (latents [B,C,H,W], noise [B,C,H,W], timesteps [B]) and return eps_hat [B,C,H,W]."""
+
+    def check_interrupt(self) -> None:
+        """Raise if the user cancelled."""
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TokenParameters:
+    """The trainable vectors, float32 whatever the model's dtype."""
+
+    target: dict[str, torch.nn.Parameter]
+    residuals: dict[str, torch.nn.Parameter]
+
+    @classmethod
+    def from_initial(cls, target: dict[str, torch.Tensor], residuals: dict[str, torch.Tensor]) -> "TokenParameters":
+        as_param = lambda t: torch.nn.Parameter(t.detach().clone().float())
+        return cls({k: as_param(v) for k, v in target.items()}, {k: as_param(v) for k, v in residuals.items()})
+
+    def all(self) -> list[torch.nn.Parameter]:
+        return list(self.target.values()) + [p for p in self.residuals.values() if p.shape[1] > 0]
+
+    def slots(self, image: int) -> SlotVectors:
+        return {
+            TARGET_SLOT: dict(self.target),
+            residual_slot(image): {k: v[image] for k, v in self.residuals.items()},
+        }
+
+    def detached(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return ({k: v.detach().cpu().clone() for k, v in self.target.items()},
+                {k: v.detach().cpu().clone() for k, v in self.residuals.items()})
+
+
+def _batch_cond(conds: Sequence[Cond]) -> Cond:
+    return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
+
+
+def _chunks(count: int, size: int) -> list[range]:
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def micro_step_losses(
+    backend: Stage1Backend, latents: torch.Tensor, params: TokenParameters, step: MicroStep,
+    null: Cond, beta: float, scale: float,
+) -> tuple[float, float]:
+    """Accumulate scale * (L_rec + beta * L_excl) gradients into `params` for one micro-step.
+
+    latents: [N, C, H, W] (already in the model's latent space). Returns (L_rec, L_excl) as floats
+    (L_excl is NaN when the exclusion term is off).
+    """
+    has_residual = next(iter(params.residuals.values())).shape[1] > 0
+    anchors = step.anchors if (has_residual and beta > 0) else ()
+    n = 1 + len(anchors)
+    images = [step.image, *anchors]
+    noise = draw_noise(step, latents.shape[1:])[:n].to(latents.device)
+    timesteps = list(step.timesteps[:n])
+    vectors = params.slots(step.image)
+
+    prompt_conds = [backend.encode(reconstruction_prompt(step.image, has_residual), vectors)]
+    if anchors:
+        prompt_conds.append(backend.encode(residual_prompt(step.image), vectors))
+    leaves = [{k: v.detach().requires_grad_(v.requires_grad) for k, v in c.items()} for c in prompt_conds]
+    sample_conds = [leaves[0]] + [leaves[-1]] * len(anchors)
+
+    targets = noise.clone()
+    if anchors:
+        with torch.no_grad():
+            null_eps = []
+            for chunk in _chunks(len(anchors), backend.max_batch):
+                idx = [1 + c for c in chunk]
+                null_eps.append(backend.predict_eps(
+                    latents[[images[i] for i in idx]], [timesteps[i] for i in idx], noise[idx],
+                    _batch_cond([null] * len(idx))))
+            targets[1:] = torch.cat(null_eps).float()
+
+    weights = micro_step_weights(len(anchors), beta).to(latents.device) * scale
+    per_sample = torch.empty(n)
+    leaf_tensors = [t for leaf in leaves for t in leaf.values() if t.requires_grad]
+    leaf_grads = [torch.zeros_like(t) for t in leaf_tensors]
+    for chunk in _chunks(n, backend.max_batch):
+        idx = list(chunk)
+        eps_hat = backend.predict_eps(latents[[images[i] for i in idx]], [timesteps[i] for i in idx],
+                                      noise[idx], _batch_cond([sample_conds[i] for i in idx]))
+        mse = per_sample_mse(eps_hat, targets[idx])
+        per_sample[idx] = mse.detach().float().cpu()
+        grads = torch.autograd.grad((mse * weights[idx]).sum(), leaf_tensors, allow_unused=True)
+        for total, grad in zip(leaf_grads, grads):
+            if grad is not None:
+                total += grad
+
+    rec = float(per_sample[0])
+    # NaN stands for "not computed" when there are no anchors; a non-finite computed value is +inf.
+    excl = float(per_sample[1:].mean()) if anchors else math.nan
+    if anchors and not math.isfinite(excl):
+        excl = math.inf
+    if not math.isfinite(rec) or math.isinf(excl):
+        return rec, excl  # the caller raises with the step number; no backward through NaNs
+    sources = [t for c in prompt_conds for t in c.values() if t.requires_grad]
+    torch.autograd.backward(sources, leaf_grads, inputs=params.all())
+    return rec, excl
+
+
+def optimize_tokens(
+    backend: Stage1Backend,
+    latents: torch.Tensor,
+    initial_target: dict[str, torch.Tensor],
+    initial_residuals: dict[str, torch.Tensor],
+    config: TokenConfig,
+    on_step: Callable[[int, int, float, float], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], LossHistory]:
+    """Run Algorithm 1 and return (target, residuals, history).
+
+    latents: [N, C, H, W], one per reference image, encoded once per run. initial_target[key]:
+    [n_t, D]; initial_residuals[key]: [N, n_r, D]. A step is one AdamW update made of
+    `config.gradient_accumulation` micro-steps, each on one image (loss divided by their count).
+    """
+    n_images = latents.shape[0]
+    params = TokenParameters.from_initial(initial_target, initial_residuals)
+    trainable = params.all()
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    plan = plan_micro_steps(n_images, config.anchors_for(n_images), config.steps,
+                            config.gradient_accumulation, backend.num_timesteps, config.seed)
+    null = backend.encode_null()
+    history = LossHistory()
+    for step_index, micro_steps in enumerate(plan):
+        optimizer.zero_grad(set_to_none=True)
+        recs, excls = [], []
+        for micro_step in micro_steps:
+            backend.check_interrupt()
+            rec, excl = micro_step_losses(backend, latents, params, micro_step, null, config.beta, 1.0 / len(micro_steps))
+            if not math.isfinite(rec) or math.isinf(excl):
+                raise NonFiniteLossError(
+                    f"ConceptPrism Stage 1: the loss became non-finite (rec={rec}, excl={excl}) at step {step_index + 1} of {config.steps} "
+                    f"(image {micro_step.image}). Lower learning_rate (e.g. to {config.learning_rate / 4:g}), or set "
+                    "training_dtype to float32 if you trained in float16. No tokens were output.")
+            recs.append(rec)
+            excls.append(excl)
+        if config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        history.append(sum(recs) / len(recs), sum(excls) / len(excls))
+        if on_step is not None:
+            on_step(step_index + 1, config.steps, history.rec[-1], history.excl[-1])
+    target, residuals = params.detached()
+    return target, residuals, history

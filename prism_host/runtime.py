@@ -1,0 +1,34 @@
+"""Progress, cancel and on-node text through ComfyUI's server, when there is one."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import comfy.utils
+
+log = logging.getLogger("ConceptPrism")
+
+
+def step_reporter(total: int, node_id: str | None, label: str) -> Callable[[int, int, float, float], None]:
+    """A Stage-1 style on_step callback: moves the progress bar (which also raises on Cancel when a
+    server is running) and shows the current losses on the node."""
+    bar = comfy.utils.ProgressBar(total, node_id=node_id)
+
+    def on_step(step: int, steps: int, rec: float, excl: float) -> None:
+        bar.update_absolute(step, steps)
+        message = f"{label} step {step}/{steps}  rec {rec:.4f}" + ("" if excl != excl else f"  excl {excl:.4f}")
+        show_text(message, node_id)
+        if step == 1 or step == steps or step % 20 == 0:
+            log.info(message)
+
+    return on_step
+
+
+def show_text(message: str, node_id: str | None) -> None:
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+        PromptServer.instance.send_progress_text(message, node_id)
+    except (ImportError, AttributeError):
+        pass  # no server (tests, scripts): the log line is enough

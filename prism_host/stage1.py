@@ -1,0 +1,68 @@
+"""Stage 1 on ComfyUI objects: initialise the tokens, run Algorithm 1, return a PrismTokens."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..prism_core.concept_set import ConceptSet
+from ..prism_core.config import TokenConfig
+from ..prism_core.init import random_vectors, repeated_vector
+from ..prism_core.optimize import optimize_tokens
+from ..prism_core.token_bank import PrismTokens
+from . import text
+from .stage1_backend import ComfyStage1Backend
+
+log = logging.getLogger("ConceptPrism")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run, not what to learn: memory and precision controls."""
+
+    max_batch: int = 8
+    training_dtype: str = "float32"
+    gradient_checkpointing: bool = False
+
+
+def initial_vectors(backend: ComfyStage1Backend, captions: tuple[str, ...], config: TokenConfig
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
+    """(target {key: [n_t, D]}, residuals {key: [N, n_r, D]}, how each residual started)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    stats = backend.vocabulary_statistics()
+    target = random_vectors(stats, config.target_length, generator)
+    rows, starts = [], []
+    for i, caption in enumerate(captions):
+        if config.caption_init and caption:
+            rows.append(repeated_vector(backend.caption_embedding(caption), config.residual_length))
+            starts.append("caption")
+        else:
+            rows.append(random_vectors(stats, config.residual_length, generator))
+            starts.append("random")
+    missing = [i for i, c in enumerate(captions) if not c]
+    if config.caption_init and config.residual_length > 0 and missing:
+        log.warning("ConceptPrism: no caption for image(s) %s; their residual tokens start from random vectors. "
+                    "Give captions (sidecar .txt files or the captions widget) for the paper's initialisation.", missing)
+    residuals = {key: torch.stack([r[key] for r in rows]) for key in target}
+    return target, residuals, starts
+
+
+def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: TokenConfig,
+                 options: RunOptions = RunOptions(),
+                 on_step: Callable[[int, int, float, float], None] | None = None) -> PrismTokens:
+    """Paper Algorithm 1 on a MODEL/CLIP/VAE. The incoming objects are left as they were."""
+    lengths = text.slot_lengths_for(
+        {k: torch.empty(config.target_length, w) for k, w in text.encoder_widths(clip).items()},
+        {k: torch.empty(len(concept), config.residual_length, w) for k, w in text.encoder_widths(clip).items()})
+    with torch.inference_mode(False):
+        backend = ComfyStage1Backend(model, clip, lengths, concept.resolution, options.max_batch,
+                                     options.training_dtype, options.gradient_checkpointing)
+        with backend:
+            latents = backend.encode_latents(vae, concept.images.clone())
+            target, residuals, starts = initial_vectors(backend, concept.captions, config)
+            target, residuals, history = optimize_tokens(backend, latents, target, residuals, config, on_step)
+    settings = {**config.to_dict(), "resolution": concept.resolution, "residual_init": starts,
+                "training_dtype": options.training_dtype}
+    return PrismTokens(target, residuals, list(concept.captions), list(concept.names), settings, history)

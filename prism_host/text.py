@@ -1,0 +1,175 @@
+"""Text encoding with learned vectors spliced in, through the host's own tokenizer and encoder.
+
+Learned tokens are written into prompts as ``embedding:<slot>``. During tokenization the host's
+``SDTokenizer`` asks for each embedding by name; a per-call copy of the tokenizer answers for our
+slot names with placeholder rows (`SlotRow`) and passes every other name to the host, so the
+host does chunking, padding, weights and real ``embedding:`` files exactly as in CLIPTextEncode.
+The placeholders are then replaced by the current vectors, which the host's encoder splices
+in differentiably (``SDClipModel.process_tokens``).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+import comfy.sd1_clip
+
+from ..prism_core.optimize import Cond, Prompt, SlotVectors
+
+FAMILY_NAMES = {
+    ("clip_l",): "SD1.x (clip_l)",
+    ("clip_h",): "SD2.x (clip_h)",
+    ("clip_g", "clip_l"): "SDXL (clip_l + clip_g)",
+    ("clip_l", "t5xxl"): "FLUX (clip_l + t5xxl)",
+    ("clip_g", "clip_l", "t5xxl"): "SD3 (clip_l + clip_g + t5xxl)",
+}
+
+
+def family_name(keys: tuple[str, ...]) -> str:
+    keys = tuple(sorted(keys))
+    return FAMILY_NAMES.get(keys, "+".join(keys))
+
+
+@dataclass(frozen=True)
+class SlotRow:
+    """Row `row` of slot `slot` for text encoder `key`, standing where a vector will go."""
+
+    key: str
+    slot: str
+    row: int
+
+
+class _SlotRows:
+    """Looks enough like an embedding tensor for ``SDTokenizer.tokenize_with_weights``."""
+
+    def __init__(self, key: str, slot: str, rows: int) -> None:
+        self.key, self.slot, self.shape = key, slot, (rows, 0)
+
+    def __getitem__(self, row: int) -> SlotRow:
+        return SlotRow(self.key, self.slot, row)
+
+
+def sub_tokenizers(clip: Any) -> Iterator[tuple[str, comfy.sd1_clip.SDTokenizer]]:
+    """(attribute name, SDTokenizer) for every text encoder of this CLIP (clip_l, clip_g, clip_h, t5xxl, ...)."""
+    for name, value in vars(clip.tokenizer).items():
+        if isinstance(value, comfy.sd1_clip.SDTokenizer):
+            yield name, value
+
+
+def text_encoder(clip: Any, key: str) -> torch.nn.Module:
+    """The host's encoder module (an SDClipModel) for embedding key `key`."""
+    encoder = getattr(clip.cond_stage_model, key, None)
+    if encoder is None:
+        raise ValueError(f"This CLIP has no '{key}' text encoder.")
+    return encoder
+
+
+def encoder_widths(clip: Any) -> dict[str, int]:
+    """{embedding key: input-embedding width} read from the loaded encoder weights (not assumed per family)."""
+    return {tok.embedding_key: text_encoder(clip, tok.embedding_key).transformer.get_input_embeddings().weight.shape[1]
+            for _, tok in sub_tokenizers(clip)}
+
+
+def prompt_text(prompt: Prompt, slot_names: set[str]) -> str:
+    return " ".join(f"embedding:{part}" if part in slot_names else part for part in prompt.parts)
+
+
+def tokenize_with_slots(clip: Any, text: str, slot_lengths: dict[str, dict[str, int]]) -> dict[str, list]:
+    """Tokenize like ``clip.tokenize`` with ``embedding:<slot>`` words left as `SlotRow` placeholders.
+
+    slot_lengths: slot name -> {embedding key: number of vectors}. Returns the host's token
+    structure {tokenizer key: [[(token | SlotRow, weight), ...] per 77-token chunk]}.
+    """
+    tokenizer = copy.copy(clip.tokenizer)
+    for attribute, sub in sub_tokenizers(clip):
+        patched = copy.copy(sub)
+        host_lookup = sub._try_get_embedding
+
+        def lookup(name: str, key: str = sub.embedding_key, host_lookup=host_lookup) -> tuple[Any, str]:
+            head, *rest = name.split() or [""]
+            slot = head.rstrip(",")
+            if slot in slot_lengths:
+                return _SlotRows(key, slot, slot_lengths[slot][key]), " ".join([head[len(slot):]] + rest).strip()
+            return host_lookup(name)
+
+        patched._try_get_embedding = lookup
+        if patched.embedding_directory is None:
+            patched.embedding_directory = []  # the host only looks embeddings up when a directory is set
+        setattr(tokenizer, attribute, patched)
+    options = dict(clip.tokenizer_options)
+    return tokenizer.tokenize_with_weights(text, False, **({"tokenizer_options": options} if options else {}))
+
+
+def fill_slots(tokens: dict[str, list], vectors: SlotVectors) -> dict[str, list]:
+    """Replace every SlotRow by its vector: vectors[slot][key] is [n, D]; returns a new structure."""
+    def fill(item: Any) -> Any:
+        return vectors[item.slot][item.key][item.row] if isinstance(item, SlotRow) else item
+    return {k: [[(fill(t), *rest) for t, *rest in chunk] for chunk in chunks] for k, chunks in tokens.items()}
+
+
+def encode_tokens(clip: Any, tokens: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(cond [1, L, D], pooled [1, P] or None) as ``CLIP.encode_from_tokens`` computes them, honouring
+    the CLIP's layer setting (CLIPSetLastLayer), without reloading the model per call and without
+    breaking the autograd graph. The caller has loaded the CLIP."""
+    model = clip.cond_stage_model
+    model.reset_clip_options()
+    if clip.layer_idx is not None:
+        model.set_clip_options({"layer": clip.layer_idx})
+    out = model.encode_token_weights(tokens)
+    return out[0], out[1]
+
+
+def vocabulary_statistics(clip: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{key: (mean [D], std [D])} of each encoder's input-embedding table (the reference's random init)."""
+    stats = {}
+    for _, tok in sub_tokenizers(clip):
+        table = text_encoder(clip, tok.embedding_key).transformer.get_input_embeddings().weight.detach().float()
+        stats[tok.embedding_key] = (table.mean(dim=0).cpu(), table.std(dim=0).cpu())
+    return stats
+
+
+@torch.no_grad()
+def caption_embedding(clip: Any, caption: str) -> dict[str, torch.Tensor]:
+    """{key: [D]}: mean of the encoder's final-layer hidden states over the caption's real tokens
+    (start, end and padding excluded), as the paper's Sec. 3.3 initialisation. The caller has loaded the CLIP."""
+    out = {}
+    for _, tok in sub_tokenizers(clip):
+        encoder = text_encoder(clip, tok.embedding_key)
+        chunk = tok.tokenize_with_weights(caption)[0]
+        ids = [t for t, _ in chunk]
+        start = 1 if tok.start_token is not None else 0
+        end = ids.index(tok.end_token, start) if tok.end_token in ids[start:] else len(ids)
+        device = encoder.transformer.get_input_embeddings().weight.device
+        embeds, _, num_tokens, info = encoder.process_tokens([ids], device)
+        hidden = encoder.transformer(None, None, embeds=embeds, num_tokens=num_tokens, intermediate_output=None,
+                                     dtype=torch.float32, embeds_info=info)[0]
+        real = hidden[0, start:end].float()
+        if real.shape[0] == 0:
+            raise ValueError(f"Caption '{caption}' has no tokens.")
+        out[tok.embedding_key] = real.mean(dim=0).cpu()
+    return out
+
+
+def slot_lengths_for(target: dict[str, torch.Tensor], residuals: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
+    """Slot name -> {key: rows} for the target slot and every residual slot."""
+    from ..prism_core.token_bank import TARGET_SLOT, residual_slot
+    lengths = {TARGET_SLOT: {k: v.shape[0] for k, v in target.items()}}
+    n_images = next(iter(residuals.values())).shape[0]
+    for i in range(n_images):
+        lengths[residual_slot(i)] = {k: v.shape[1] for k, v in residuals.items()}
+    return lengths
+
+
+def check_family(clip: Any, keys: tuple[str, ...], widths: dict[str, int], what: str) -> None:
+    """Raise if vectors learned for encoders `keys` with `widths` cannot go into this CLIP."""
+    clip_widths = encoder_widths(clip)
+    if set(keys) != set(clip_widths) or any(clip_widths[k] != widths[k] for k in keys):
+        raise ValueError(
+            f"{what} were learned for {family_name(tuple(keys))} text encoders "
+            f"({', '.join(f'{k}: {widths[k]}' for k in sorted(keys))}), but this CLIP is "
+            f"{family_name(tuple(clip_widths))} ({', '.join(f'{k}: {v}' for k, v in sorted(clip_widths.items()))}). "
+            "Load the checkpoint family the tokens were trained with, or train new tokens for this one.")

@@ -1,0 +1,85 @@
+"""Training through frozen host modules without changing them.
+
+Three things stand between ComfyUI's models and a backward pass, all undone when training ends:
+- weights created under the executor's inference_mode are inference tensors, which autograd
+  cannot save. An identity weight wrapper on a *clone* of the ModelPatcher makes ``comfy.ops``
+  copy each such weight per forward (`with_weight_copies`), so the base tensors stay untouched;
+- the CLIP encoder adds residuals in place (``x += ...``), which breaks backward: its layers get
+  out-of-place forwards for the duration (`out_of_place_clip_layers`);
+- optional gradient checkpointing patches the diffusion model's top-level blocks with the host's
+  own helpers (`gradient_checkpointing`).
+`restore_modules` snapshots every module attribute these touch and puts it back in ``finally``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+import comfy.clip_model
+
+
+def _copy_made_by_host(weight: torch.Tensor) -> torch.Tensor:
+    # comfy.ops.cast_bias_weight has already copied the weight because a wrapper is present
+    # (copy=has_function); the wrapper only needs to exist.
+    return weight
+
+
+def with_weight_copies(patcher: Any) -> Any:
+    """A clone of `patcher` whose modules holding inference-tensor weights copy them per forward."""
+    clone = patcher.clone()
+    for name, module in clone.model.named_modules():
+        if not hasattr(module, "weight_function"):
+            continue
+        for kind in ("weight", "bias"):  # layer_norm saves its bias for backward too
+            tensor = getattr(module, kind, None)
+            if isinstance(tensor, torch.Tensor) and tensor.is_inference():
+                clone.add_weight_wrapper(f"{name}.{kind}", _copy_made_by_host)
+    return clone
+
+
+_SNAPSHOT_ATTRIBUTES = ("weight_function", "bias_function", "forward", "org_forward")
+
+
+@contextlib.contextmanager
+def restore_modules(*roots: torch.nn.Module) -> Iterator[None]:
+    """Put back every module's weight/bias function lists and instance-level forwards on exit."""
+    saved = []
+    for root in roots:
+        for module in root.modules():
+            state = {a: module.__dict__[a] for a in _SNAPSHOT_ATTRIBUTES if a in module.__dict__}
+            saved.append((module, state, {a: list(v) for a, v in state.items() if isinstance(v, list)}))
+    try:
+        yield
+    finally:
+        for module, state, lists in saved:
+            for attribute in _SNAPSHOT_ATTRIBUTES:
+                if attribute in state:
+                    value = state[attribute]
+                    if attribute in lists:
+                        value[:] = lists[attribute]
+                    module.__dict__[attribute] = value
+                else:
+                    module.__dict__.pop(attribute, None)
+
+
+def _out_of_place_forward(layer: comfy.clip_model.CLIPLayer):
+    def forward(x: torch.Tensor, mask: torch.Tensor | None = None, optimized_attention: Any = None) -> torch.Tensor:
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        return x + layer.mlp(layer.layer_norm2(x))
+    return forward
+
+
+def out_of_place_clip_layers(text_model: torch.nn.Module) -> None:
+    """Give each CLIPLayer an out-of-place forward (same arithmetic as the host's). Call inside `restore_modules`."""
+    for module in text_model.modules():
+        if isinstance(module, comfy.clip_model.CLIPLayer):
+            module.forward = _out_of_place_forward(module)
+
+
+def gradient_checkpointing(diffusion_model: torch.nn.Module) -> None:
+    """Checkpoint the model's top-level blocks with the host trainer's helpers. Call inside `restore_modules`."""
+    from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch
+    for module in find_all_highest_child_module_with_forward(diffusion_model):
+        patch(module)

@@ -1,0 +1,49 @@
+"""Losses (Eqs. 2, 4) and the sampling plan, checked against direct computations."""
+import torch
+
+from comfyui_conceptprism.prism_core.losses import (eps_from_denoised, exclusion_loss, micro_step_weights,
+                                                    reconstruction_loss)
+from comfyui_conceptprism.prism_core.schedule import draw_noise, plan_micro_steps
+
+
+def test_eps_recovered_from_denoised_for_eps_and_flow_noising():
+    x0, eps = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    sigma = torch.tensor([0.03, 1.0, 14.6])
+    noisy = x0 + sigma.view(-1, 1, 1, 1) * eps  # eps/v models
+    assert torch.allclose(eps_from_denoised(noisy, x0, torch.ones(3), sigma), eps, atol=1e-5)
+    s = torch.tensor([0.1, 0.5, 0.9])
+    noisy = (1 - s).view(-1, 1, 1, 1) * x0 + s.view(-1, 1, 1, 1) * eps  # flow models
+    assert torch.allclose(eps_from_denoised(noisy, x0, 1 - s, s), eps, atol=1e-5)
+
+
+def test_exclusion_loss_is_mean_over_anchors_and_null_gets_no_gradient():
+    res = torch.randn(3, 4, 2, 2, requires_grad=True)
+    null = torch.randn(3, 4, 2, 2, requires_grad=True)
+    loss = exclusion_loss(res, null)
+    per_anchor = [((res[k] - null[k]) ** 2).mean() for k in range(3)]
+    assert torch.allclose(loss, sum(per_anchor) / 3)
+    loss.backward()
+    assert res.grad is not None and null.grad is None
+    assert torch.allclose(reconstruction_loss(res[:1], null[:1]), per_anchor[0])
+
+
+def test_micro_step_weights_make_rec_plus_beta_times_mean_excl():
+    w = micro_step_weights(3, 0.05)
+    mse = torch.tensor([2.0, 1.0, 4.0, 7.0])
+    assert torch.isclose((w * mse).sum(), torch.tensor(2.0 + 0.05 * 4.0))
+    assert micro_step_weights(0, 0.05).tolist() == [1.0]
+
+
+def test_plan_is_deterministic_balanced_and_anchors_exclude_the_image():
+    plan = plan_micro_steps(5, 3, steps=10, accumulation=4, num_timesteps=1000, seed=7)
+    assert plan == plan_micro_steps(5, 3, steps=10, accumulation=4, num_timesteps=1000, seed=7)
+    assert plan != plan_micro_steps(5, 3, steps=10, accumulation=4, num_timesteps=1000, seed=8)
+    flat = [m for group in plan for m in group]
+    assert len(plan) == 10 and all(len(g) == 4 for g in plan)
+    for m in flat:
+        assert m.image not in m.anchors and len(set(m.anchors)) == 3
+        assert len(m.timesteps) == 4 and all(0 <= t < 1000 for t in m.timesteps)
+    counts = torch.bincount(torch.tensor([m.image for m in flat]), minlength=5)
+    assert counts.max() - counts.min() <= 1  # 40 micro-steps = 8 epochs of 5 images
+    noise = draw_noise(flat[0], torch.Size([4, 8, 8]))
+    assert noise.shape == (4, 4, 8, 8) and torch.equal(noise, draw_noise(flat[0], torch.Size([4, 8, 8])))

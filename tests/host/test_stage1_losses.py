@@ -1,0 +1,78 @@
+"""Stage 1 on real (tiny) ComfyUI models: the losses equal an oracle built from host primitives only."""
+from __future__ import annotations
+
+import pytest
+import safetensors.torch
+import torch
+
+from host_setup import require_host
+
+require_host()
+
+from conftest import FAMILIES  # noqa: E402
+from comfyui_conceptprism.prism_core.optimize import TokenParameters, micro_step_losses  # noqa: E402
+from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
+from comfyui_conceptprism.prism_host import text  # noqa: E402
+from comfyui_conceptprism.prism_host.stage1_backend import ComfyStage1Backend  # noqa: E402
+
+RES = 64
+
+
+def _oracle_cond(models, prompt: str):
+    """Conditioning exactly as CLIPTextEncode + the sampler would build it (host code only)."""
+    cond, pooled = models.clip.encode_from_tokens(models.clip.tokenize(prompt), return_pooled=True)
+    extra = {}
+    if models.family == "sdxl":
+        extra["y"] = models.model.model.encode_adm(pooled_output=pooled, width=RES, height=RES,
+                                                   target_width=RES, target_height=RES, crop_w=0, crop_h=0)
+    return cond, extra
+
+
+def _oracle_eps(models, z, sigma, eps, cond, extra):
+    """eps_hat from apply_model's x0_hat, with the host's noise_scaling (x_t = z + sigma * eps here)."""
+    sampling = models.model.get_model_object("model_sampling")
+    x_t = sampling.noise_scaling(sigma, eps, z)
+    x0 = models.model.model.apply_model(x_t, sigma, c_crossattn=cond, **extra)
+    return (x_t - x0) / sigma.view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rec_and_excl_equal_host_oracle(family, tiny, embedding_root):
+    models = tiny(family)
+    widths = text.encoder_widths(models.clip)
+    g = torch.Generator().manual_seed(3)
+    target = {k: torch.randn(1, w, generator=g) * 0.02 for k, w in widths.items()}
+    residuals = {k: torch.randn(3, 4, w, generator=g) * 0.02 for k, w in widths.items()}
+    # The oracle reads the same vectors as ordinary embedding files.
+    safetensors.torch.save_file({k: v.contiguous() for k, v in target.items()}, embedding_root / f"oracle_t_{family}.safetensors")
+    safetensors.torch.save_file({k: v[1].contiguous() for k, v in residuals.items()}, embedding_root / f"oracle_r_{family}.safetensors")
+
+    images = torch.rand(3, RES, RES, 3, generator=g)
+    step = MicroStep(image=1, anchors=(2, 0), timesteps=(10, 500, 990), noise_seed=1234)
+    beta = 0.05
+    lengths = text.slot_lengths_for(target, residuals)
+    with torch.inference_mode(False):
+        with ComfyStage1Backend(models.model, models.clip, lengths, RES, max_batch=2) as backend:
+            latents = backend.encode_latents(models.vae, images)
+            params = TokenParameters.from_initial(target, residuals)
+            rec, excl = micro_step_losses(backend, latents, params, step, backend.encode_null(), beta, 1.0)
+            grads = {k: p.grad.clone() for k, p in params.target.items()}
+
+    with torch.no_grad():
+        z = models.model.model.process_latent_in(models.vae.encode(images)).float()
+        eps = torch.randn((3, *z.shape[1:]), generator=torch.Generator().manual_seed(1234))
+        sigmas = models.model.get_model_object("model_sampling").sigmas[torch.tensor(step.timesteps)].float()
+        cond, extra = _oracle_cond(models, f"embedding:oracle_t_{family} with embedding:oracle_r_{family}")
+        oracle_rec = ((_oracle_eps(models, z[1:2], sigmas[0:1], eps[0:1], cond, extra) - eps[0:1]) ** 2).mean()
+        res_cond, res_extra = _oracle_cond(models, f"embedding:oracle_r_{family}")
+        null_cond, null_extra = _oracle_cond(models, "")
+        gaps = []
+        for k, j in enumerate(step.anchors):
+            args = (z[j:j + 1], sigmas[1 + k:2 + k], eps[1 + k:2 + k])
+            gap = _oracle_eps(models, *args, res_cond, res_extra) - _oracle_eps(models, *args, null_cond, null_extra)
+            gaps.append((gap ** 2).mean())
+        oracle_excl = torch.stack(gaps).mean()
+
+    assert rec == pytest.approx(float(oracle_rec), rel=1e-4, abs=1e-6)
+    assert excl == pytest.approx(float(oracle_excl), rel=1e-4, abs=1e-7)
+    assert all(torch.isfinite(gr).all() and gr.abs().sum() > 0 for gr in grads.values())

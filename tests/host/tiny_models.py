@@ -1,0 +1,109 @@
+"""Tiny real ComfyUI models, built in-process with explicit initialisation (comfy ops skip it).
+
+One per family the pack supports: SD1.5-family eps (clip_l), SD2-family v-prediction (clip_h),
+SDXL-family eps (clip_l + clip_g, with the pooled/size `y` input). Text encoders keep their real
+widths (768, 1024, 1280) with 2-3 layers, so width assumptions cannot hide; UNets are small.
+Built under ``torch.inference_mode()`` like the executor's loaders, so their weights are
+inference tensors exactly as in a real run.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_base
+import comfy.model_patcher
+import comfy.sd
+import comfy.sd1_clip
+import comfy.text_encoders.sd2_clip
+import comfy.sdxl_clip
+import comfy.supported_models
+import comfy.supported_models_base
+import comfy.model_management
+
+
+@dataclass
+class TinyModels:
+    family: str
+    model: comfy.model_patcher.ModelPatcher
+    clip: comfy.sd.CLIP
+    vae: comfy.sd.VAE
+
+
+def _init_(module: torch.nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=generator) / fan_in ** 0.5)
+            elif name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+
+
+def _clip_config(width: int, layers: int, heads: int) -> dict:
+    return {"hidden_size": width, "intermediate_size": 2 * width, "num_attention_heads": heads,
+            "num_hidden_layers": layers, "projection_dim": width}
+
+
+def _unet(config_class, unet_config: dict, model_class, **kwargs):
+    config = config_class({**config_class.unet_config, **unet_config})
+    config.set_inference_dtype(torch.float32, None)
+    return model_class(config, **kwargs)
+
+
+def _vae(seed: int) -> comfy.sd.VAE:
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+                "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the host warns about every key of the (deliberately) empty state dict
+    try:
+        vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": ddconfig, "embed_dim": 4}}, dtype=torch.float32)
+    finally:
+        logger.setLevel(level)
+    _init_(vae.first_stage_model, seed)
+    return vae
+
+
+def _unet_common(context_dim: int, channels: int) -> dict:
+    return {"in_channels": 4, "out_channels": 4, "model_channels": channels, "num_res_blocks": [1, 1],
+            "channel_mult": [1, 2], "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1],
+            "transformer_depth_middle": 1, "context_dim": context_dim, "image_size": 32, "use_spatial_transformer": True,
+            }
+
+
+def build(family: str, seed: int = 0, embedding_directory: str | None = None) -> TinyModels:
+    with torch.inference_mode():
+        if family == "sd15":
+            unet = _unet(comfy.supported_models.SD15, {**_unet_common(768, 32), "num_heads": 4, "num_head_channels": -1,
+                                                      "use_linear_in_transformer": False}, comfy.model_base.BaseModel)
+            clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
+                                 embedding_directory=embedding_directory,
+                                 model_options={"clip_l_model_config": _clip_config(768, 2, 12)})
+        elif family == "sd2v":
+            unet = _unet(comfy.supported_models.SD20, {**_unet_common(1024, 64), "num_heads": -1, "num_head_channels": 64},
+                         comfy.model_base.BaseModel, model_type=comfy.model_base.ModelType.V_PREDICTION)
+            clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.text_encoders.sd2_clip.SD2Tokenizer, comfy.text_encoders.sd2_clip.SD2ClipModel),
+                                 embedding_directory=embedding_directory,
+                                 model_options={"clip_h_model_config": _clip_config(1024, 3, 16)})
+        elif family == "sdxl":
+            unet = _unet(comfy.supported_models.SDXL, {**_unet_common(2048, 64), "num_heads": -1, "num_head_channels": 64,
+                                                      "adm_in_channels": 1280 + 1536, "num_classes": "sequential"},
+                         comfy.model_base.SDXL)
+            clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel),
+                                 embedding_directory=embedding_directory,
+                                 model_options={"clip_l_model_config": _clip_config(768, 3, 12),
+                                                "clip_g_model_config": _clip_config(1280, 3, 20)})
+        else:
+            raise ValueError(family)
+        _init_(unet.diffusion_model, seed)
+        _init_(clip.cond_stage_model, seed + 1)
+        device = comfy.model_management.get_torch_device()
+        model = comfy.model_patcher.ModelPatcher(unet, load_device=device, offload_device=device)
+        vae = _vae(seed + 2)
+    return TinyModels(family, model, clip, vae)
