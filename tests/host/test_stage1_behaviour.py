@@ -1,0 +1,178 @@
+"""Stage 1 on real (tiny) ComfyUI models: what users rely on."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from host_setup import require_host
+
+require_host()
+
+import comfy.model_management  # noqa: E402
+import comfy.sample  # noqa: E402
+import nodes as host_nodes  # noqa: E402
+
+from conftest import FAMILIES  # noqa: E402
+from comfyui_conceptprism.nodes.conditioning import PrismConditioning  # noqa: E402
+from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens  # noqa: E402
+from comfyui_conceptprism.nodes.token_files import SavePrismEmbedding  # noqa: E402
+from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
+from comfyui_conceptprism.prism_core.config import TABLE2_CONFIGURATIONS, TokenConfig  # noqa: E402
+from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
+from comfyui_conceptprism.prism_host import text  # noqa: E402
+from comfyui_conceptprism.prism_host.stage1 import learn_tokens  # noqa: E402
+from comfyui_conceptprism.prism_host.stage1_backend import ComfyStage1Backend  # noqa: E402
+
+RES = 64
+
+
+def _concept(seed=0, n=3):
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():  # upstream IMAGE tensors are inference tensors in a real run
+        images = torch.rand(n, RES, RES, 3, generator=g)
+    captions = ("a red ball on green grass", "a red ball on a wooden table", "a red ball in the snow")[:n]
+    return ConceptSet(images, tuple(f"{i}.png" for i in range(n)), captions, RES, "test")
+
+
+def _host_outputs(models):
+    """Sampling and text encoding through the host's own paths (what any later node would see)."""
+    with torch.inference_mode():
+        positive = models.clip.encode_from_tokens_scheduled(models.clip.tokenize("a photo of a red ball"))
+        negative = models.clip.encode_from_tokens_scheduled(models.clip.tokenize(""))
+        latent = torch.zeros(1, 4, RES // 8, RES // 8)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
+        sample = comfy.sample.sample(models.model, noise, 3, 4.0, "euler", "normal", positive, negative, latent,
+                                     seed=5, disable_pbar=True)
+    return positive[0][0].clone(), positive[0][1]["pooled_output"], sample.clone()
+
+
+def _module_state(root):
+    return {name: (type(m), sorted(m.__dict__.keys()), [id(p) for p in m._parameters.values()],
+                   list(getattr(m, "weight_function", [])), list(getattr(m, "bias_function", [])))
+            for name, m in root.named_modules()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_incoming_model_and_clip_untouched_after_training_and_after_cancel(family, tiny):
+    models = tiny(family)
+    concept = _concept()
+    images_before = concept.images.clone()
+    before = _host_outputs(models)
+    state = (_module_state(models.model.model), _module_state(models.clip.cond_stage_model))
+    grads_before = [p.grad for p in models.model.model.parameters()]
+
+    config = TokenConfig(steps=2, gradient_accumulation=2)
+    with torch.inference_mode():
+        learn_tokens(models.model, models.clip, models.vae, concept, config)
+    assert all(p.grad is None for p in models.model.model.parameters()) and all(g is None for g in grads_before)
+    assert all(p.grad is None for p in models.clip.cond_stage_model.parameters())
+    after = _host_outputs(models)
+
+    seen = []
+
+    def cancel_after_first(step, steps, rec, excl):
+        seen.append(step)
+        comfy.model_management.interrupt_current_processing(True)
+    try:
+        with torch.inference_mode(), pytest.raises(comfy.model_management.InterruptProcessingException):
+            learn_tokens(models.model, models.clip, models.vae, concept, TokenConfig(steps=5), on_step=cancel_after_first)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert seen == [1]  # stopped at the next micro-step, before a second update
+    cancelled = _host_outputs(models)
+
+    for got in (after, cancelled):
+        for a, b in zip(before, got):
+            assert (a is None and b is None) or torch.equal(a, b)
+    assert (_module_state(models.model.model), _module_state(models.clip.cond_stage_model)) == state
+    assert torch.equal(concept.images, images_before)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_saved_embedding_in_plain_clip_text_encode_equals_prism_conditioning(family, tiny, folders):
+    models = tiny(family)
+    widths = text.encoder_widths(models.clip)
+    g = torch.Generator().manual_seed(11)
+    tokens = PrismTokens({k: torch.randn(2, w, generator=g) * 0.05 for k, w in widths.items()},
+                         {k: torch.randn(2, 3, w, generator=g) * 0.05 for k, w in widths.items()},
+                         ["", ""], ["a", "b"], {}, LossHistory())
+    word = SavePrismEmbedding().save(tokens, "test/concept")["result"][0]
+    for clip in (models.clip, host_nodes.CLIPSetLastLayer().set_last_layer(models.clip, -2)[0]):
+        with torch.inference_mode():
+            plain = host_nodes.CLIPTextEncode().encode(clip, f"a (photo:1.1) of {word} on the beach")[0]
+            prism = PrismConditioning().encode(clip, tokens, "a (photo:1.1) of [V] on the beach", "[V]", "target", 0)[0]
+            without = host_nodes.CLIPTextEncode().encode(clip, "a (photo:1.1) of on the beach")[0]
+        assert torch.equal(plain[0][0], prism[0][0])
+        assert torch.equal(plain[0][1]["pooled_output"], prism[0][1]["pooled_output"])
+        assert not torch.equal(plain[0][0][:, :8], without[0][0][:, :8])  # the vectors did go in
+
+
+def test_same_seed_same_tokens(tiny):
+    models = tiny("sd15")
+    config = TokenConfig(steps=2, gradient_accumulation=2, seed=4)
+    with torch.inference_mode():
+        first = learn_tokens(models.model, models.clip, models.vae, _concept(), config)
+        second = learn_tokens(models.model, models.clip, models.vae, _concept(), config)
+    assert torch.equal(first.target["clip_l"], second.target["clip_l"])
+    assert torch.equal(first.residuals["clip_l"], second.residuals["clip_l"])
+    assert first.history.rec == second.history.rec
+
+
+def test_table2_configurations_from_node_inputs(tiny):
+    models = tiny("sd15")
+    node = OptimizePrismTokens()
+    widgets = OptimizePrismTokens.INPUT_TYPES()["required"]
+    assert all(widgets[name][1]["tooltip"] for name in widgets)
+    for name, overrides in TABLE2_CONFIGURATIONS.items():
+        args = {**{k: v[1]["default"] for k, v in widgets.items() if "default" in v[1]}, **overrides, "steps": 1,
+                "gradient_accumulation": 1}
+        with torch.inference_mode():
+            tokens = node.optimize(models.model, models.clip, models.vae, _concept(), **args)[0]
+        assert tokens.residual_length == args["residual_length"], name
+        assert tokens.settings["beta"] == args["beta"]
+        expected_start = "caption" if args["caption_init"] else "random"
+        assert set(tokens.settings["residual_init"]) == {expected_start}, name
+        assert (tokens.history.excl[0] == tokens.history.excl[0]) == (args["beta"] > 0), name
+
+
+def _residual_gap(models, tokens: PrismTokens, concept) -> float:
+    """Mean ||eps(z_j, res_i) - eps(z_j, null)||^2 over i, j != i and a fixed held-out set of (t, eps)."""
+    lengths = text.slot_lengths_for(tokens.target, tokens.residuals)
+    from comfyui_conceptprism.prism_core.optimize import residual_prompt
+    gaps = []
+    with torch.inference_mode(False), torch.no_grad():
+        with ComfyStage1Backend(models.model, models.clip, lengths, RES) as backend:
+            latents = backend.encode_latents(models.vae, concept.images.clone())
+            null = backend.encode_null()
+            g = torch.Generator().manual_seed(999)
+            for i in range(len(concept)):
+                res = backend.encode(residual_prompt(i), {f"prism_residual_{i}": {k: v[i] for k, v in tokens.residuals.items()}})
+                for j in (j for j in range(len(concept)) if j != i):
+                    for t in (100, 400, 700):
+                        eps = torch.randn((1, *latents.shape[1:]), generator=g)
+                        a = backend.predict_eps(latents[j:j + 1], [t], eps, res)
+                        b = backend.predict_eps(latents[j:j + 1], [t], eps, null)
+                        gaps.append(float(((a - b) ** 2).mean()))
+    return sum(gaps) / len(gaps)
+
+
+def test_exclusion_loss_shrinks_the_residual_gap_compared_with_beta_zero(tiny):
+    models = tiny("sd15")
+    concept = _concept()
+    results = []
+    for seed in (0, 1, 2):
+        runs = {}
+        for beta in (0.0, 0.05):
+            config = TokenConfig(steps=25, gradient_accumulation=1, beta=beta, caption_init=False, seed=seed,
+                                 learning_rate=4e-3)
+            with torch.inference_mode():
+                runs[beta] = learn_tokens(models.model, models.clip, models.vae, concept, config)
+        start = PrismTokens({k: v for k, v in runs[0.0].target.items()}, dict(runs[0.0].residuals), [""] * 3,
+                            list(concept.names), {}, LossHistory())
+        results.append((runs[0.05].history.excl[0], _residual_gap(models, runs[0.0], concept),
+                        _residual_gap(models, runs[0.05], concept)))
+        del start
+    print("seed results (initial L_excl, gap beta=0, gap beta=0.05):", results)
+    for initial_excl, gap_without, gap_with in results:
+        assert initial_excl > 1e-3
+        assert gap_with < gap_without
