@@ -1,0 +1,161 @@
+"""The pack inside ComfyUI: loaded by the host's own loader, run by its executor, and its errors."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import torch
+from PIL import Image
+
+from host_setup import PACK_ROOT, fake_server, require_host
+
+require_host()
+
+import comfy.model_management  # noqa: E402
+import comfy.utils  # noqa: E402
+import execution  # noqa: E402
+import nodes as host_nodes  # noqa: E402
+
+from comfyui_conceptprism.nodes import NODE_CLASS_MAPPINGS  # noqa: E402
+from comfyui_conceptprism.nodes.concept_set import LoadConceptSet  # noqa: E402
+from comfyui_conceptprism.nodes.conditioning import PrismConditioning  # noqa: E402
+from comfyui_conceptprism.prism_core.images import ConceptSetError  # noqa: E402
+from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
+
+CAPTURED = []
+
+
+def _write_images(folder, n, size=80):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (size + 16 * i, size), (200, 30 * i, 40)).save(folder / f"{i:02}.png")
+    return folder
+
+
+def test_host_loader_registers_every_node_with_tooltips():
+    ok = asyncio.run(host_nodes.load_custom_node(str(PACK_ROOT), module_parent="custom_nodes"))
+    assert ok
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        assert name in host_nodes.NODE_CLASS_MAPPINGS and cls.CATEGORY == "ConceptPrism"
+        inputs = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for input_name, spec in inputs.get(section, {}).items():
+                assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+
+def _register_test_nodes(tiny):
+    class PrismTestTinyModels:  # loader nodes cannot be overridden by a pack: a test-only one under a new name
+        RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+        FUNCTION = "load"
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"family": (["sd15", "sd2v", "sdxl"],)}}
+
+        def load(self, family):
+            models = tiny(family)
+            return (models.model, models.clip, models.vae)
+
+    class PrismTestCapture:
+        RETURN_TYPES = ()
+        FUNCTION = "capture"
+        OUTPUT_NODE = True
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"latent": ("LATENT",)}}
+
+        def capture(self, latent):
+            CAPTURED.append(latent["samples"].clone())
+            return {}
+
+    host_nodes.NODE_CLASS_MAPPINGS.update(NODE_CLASS_MAPPINGS)
+    host_nodes.NODE_CLASS_MAPPINGS["PrismTestTinyModels"] = PrismTestTinyModels
+    host_nodes.NODE_CLASS_MAPPINGS["PrismTestCapture"] = PrismTestCapture
+
+
+def _graph(folder, steps):
+    return {
+        "1": {"class_type": "PrismTestTinyModels", "inputs": {"family": "sd15"}},
+        "2": {"class_type": "ConceptPrismLoadConceptSet", "inputs": {"folder": str(folder), "resolution": 64, "captions": ""}},
+        "3": {"class_type": "ConceptPrismOptimizePrismTokens", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "concept_set": ["2", 0], "target_length": 1,
+            "residual_length": 4, "beta": 0.05, "exclusion_set_size": 3, "learning_rate": 4e-4, "steps": steps,
+            "gradient_accumulation": 1, "caption_init": True, "seed": 0}},
+        "4": {"class_type": "ConceptPrismPrismConditioning", "inputs": {
+            "clip": ["1", 1], "tokens": ["3", 0], "text": "a photo of [V] on the beach", "placeholder": "[V]",
+            "mode": "target", "residual_index": 0}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0], "seed": 0,
+            "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "8": {"class_type": "PrismTestCapture", "inputs": {"latent": ["7", 0]}},
+    }
+
+
+def _run(graph):
+    server = fake_server()
+    executor = execution.PromptExecutor(server)
+    valid = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), graph, None))
+    assert valid[0], valid
+    executor.execute(graph, str(uuid.uuid4()), {"client_id": server.client_id}, valid[2])
+    return executor, server
+
+
+def test_graph_runs_through_the_executor_and_cancel_stops_within_one_step(tiny, tmp_path):
+    _register_test_nodes(tiny)
+    folder = _write_images(tmp_path / "concept", 3)
+    (folder / "00.txt").write_text("a red square on a plain background")
+    CAPTURED.clear()
+    executor, server = _run(_graph(folder, steps=2))
+    assert executor.success, server.messages
+    assert len(CAPTURED) == 1 and CAPTURED[0].shape == (1, 4, 8, 8) and torch.isfinite(CAPTURED[0]).all()
+
+    progress = []
+
+    def hook(value, total, preview, node_id=None):
+        progress.append((node_id, value))
+        if node_id == "3" and value == 2:
+            comfy.model_management.interrupt_current_processing(True)
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        executor, server = _run(_graph(folder, steps=50))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        comfy.model_management.interrupt_current_processing(False)
+    events = [event for event, _ in server.messages]
+    assert "execution_interrupted" in events and not executor.success
+    assert max(v for n, v in progress if n == "3") == 2  # no third update after Cancel
+    assert len(CAPTURED) == 1  # the sampler never ran
+
+
+def test_concept_set_errors_name_the_problem(tmp_path):
+    node = LoadConceptSet()
+    one = _write_images(tmp_path / "one", 1)
+    with pytest.raises(ConceptSetError, match="at least 2"):
+        node.load(str(one), 64, "")
+    folder = _write_images(tmp_path / "three", 3)
+    with pytest.raises(ConceptSetError, match="2 captions.*3 images"):
+        node.load(str(folder), 64, "first caption\nsecond caption")
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ConceptSetError, match="broken.png"):
+        node.load(str(folder), 64, "")
+    with pytest.raises(ConceptSetError, match="folder"):
+        node.load("", 64, "")
+    batch = torch.rand(3, 50, 70, 4)
+    concept, preview = node.load("", 64, "", images=batch, caption_text="a\nb\nc")
+    assert preview.shape == (3, 64, 64, 3) and concept.captions == ("a", "b", "c")
+
+
+def test_tokens_of_another_family_are_refused_with_the_reason(tiny):
+    sd15 = tiny("sd15")
+    xl = tiny("sdxl")
+    tokens = PrismTokens({"clip_l": torch.zeros(1, 768)}, {"clip_l": torch.zeros(2, 1, 768)}, ["", ""], ["a", "b"], {}, LossHistory())
+    with pytest.raises(ValueError, match=r"SD1\.x.*SDXL"):
+        PrismConditioning().encode(xl.clip, tokens, "a [V]", "[V]", "target", 0)
+    with pytest.raises(ValueError, match="placeholder"):
+        PrismConditioning().encode(sd15.clip, tokens, "a photo", "[V]", "target", 0)
