@@ -13,7 +13,7 @@ from ..prism_core.init import random_vectors, repeated_vector
 from ..prism_core.optimize import optimize_tokens
 from ..prism_core.token_bank import PrismTokens
 from . import text
-from .stage1_backend import ComfyStage1Backend
+from .stage1_backend import ComfyStage1Backend, encode_latents
 
 log = logging.getLogger("ConceptPrism")
 
@@ -53,14 +53,15 @@ def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: T
                  options: RunOptions = RunOptions(),
                  on_step: Callable[[int, int, float, float], None] | None = None) -> PrismTokens:
     """Paper Algorithm 1 on a MODEL/CLIP/VAE. The incoming objects are left as they were."""
+    widths = text.encoder_widths(clip)
     lengths = text.slot_lengths_for(
-        {k: torch.empty(config.target_length, w) for k, w in text.encoder_widths(clip).items()},
-        {k: torch.empty(len(concept), config.residual_length, w) for k, w in text.encoder_widths(clip).items()})
+        {k: torch.empty(config.target_length, w) for k, w in widths.items()},
+        {k: torch.empty(len(concept), config.residual_length, w) for k, w in widths.items()})
     with torch.inference_mode(False):
+        latents = encode_latents(model, vae, concept.images.clone())
         backend = ComfyStage1Backend(model, clip, lengths, concept.resolution, options.max_batch,
                                      options.training_dtype, options.gradient_checkpointing)
         with backend:
-            latents = backend.encode_latents(vae, concept.images.clone())
             target, residuals, starts = initial_vectors(backend, concept.captions, config)
             target, residuals, history = optimize_tokens(backend, latents, target, residuals, config, on_step)
     settings = {**config.to_dict(), "resolution": concept.resolution, "residual_init": starts,

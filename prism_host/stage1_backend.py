@@ -39,10 +39,14 @@ class ComfyStage1Backend:
         self.train_clip = self.clip.clone()
         self.train_clip.patcher = training_guard.with_weight_copies(self.clip.patcher)
         self._stack.enter_context(training_guard.restore_modules(self.model.model, self.clip.cond_stage_model))
-        training_guard.out_of_place_clip_layers(self.clip.cond_stage_model)
-        if self.checkpointing:
-            training_guard.gradient_checkpointing(self.train_model.model.diffusion_model)
-        comfy.model_management.load_models_gpu([self.train_model, self.train_clip.patcher], force_full_load=True)
+        try:
+            training_guard.out_of_place_clip_layers(self.clip.cond_stage_model)
+            if self.checkpointing:
+                training_guard.gradient_checkpointing(self.train_model.model.diffusion_model)
+            comfy.model_management.load_models_gpu([self.train_model, self.train_clip.patcher], force_full_load=True)
+        except BaseException:
+            self._stack.close()  # __exit__ does not run when __enter__ fails
+            raise
         self.device = self.train_model.load_device
         self.transformer_options = dict(self.train_model.model_options.get("transformer_options", {}))
         return self
@@ -101,8 +105,13 @@ class ComfyStage1Backend:
     def vocabulary_statistics(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return text.vocabulary_statistics(self.train_clip)
 
-    def encode_latents(self, vae: Any, images: torch.Tensor) -> torch.Tensor:
-        """[N, H, W, 3] pixels -> [N, C, h, w] latents in the model's space, once per run."""
-        with torch.no_grad():
-            latents = vae.encode(images[..., :3]).clone()
-            return self.train_model.model.process_latent_in(latents).float()
+
+
+def encode_latents(model: Any, vae: Any, images: torch.Tensor) -> torch.Tensor:
+    """[N, H, W, 3] pixels -> [N, C, h, w] latents in the model's space, once per run.
+
+    Call before entering the backend: loading the VAE may unload other models to make room.
+    """
+    with torch.no_grad():
+        latents = vae.encode(images[..., :3]).clone()
+        return model.model.process_latent_in(latents).float()

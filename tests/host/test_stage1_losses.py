@@ -13,7 +13,7 @@ from conftest import FAMILIES  # noqa: E402
 from comfyui_conceptprism.prism_core.optimize import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_host import text  # noqa: E402
-from comfyui_conceptprism.prism_host.stage1_backend import ComfyStage1Backend  # noqa: E402
+from comfyui_conceptprism.prism_host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
 
 RES = 64
 
@@ -52,8 +52,8 @@ def test_rec_and_excl_equal_host_oracle(family, tiny, embedding_root):
     beta = 0.05
     lengths = text.slot_lengths_for(target, residuals)
     with torch.inference_mode(False):
+        latents = encode_latents(models.model, models.vae, images)
         with ComfyStage1Backend(models.model, models.clip, lengths, RES, max_batch=2) as backend:
-            latents = backend.encode_latents(models.vae, images)
             params = TokenParameters.from_initial(target, residuals)
             rec, excl = micro_step_losses(backend, latents, params, step, backend.encode_null(), beta, 1.0)
             grads = {k: p.grad.clone() for k, p in params.target.items()}
