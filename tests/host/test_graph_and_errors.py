@@ -159,3 +159,15 @@ def test_tokens_of_another_family_are_refused_with_the_reason(tiny):
         PrismConditioning().encode(xl.clip, tokens, "a [V]", "[V]", "target", 0)
     with pytest.raises(ValueError, match="placeholder"):
         PrismConditioning().encode(sd15.clip, tokens, "a photo", "[V]", "target", 0)
+
+
+def test_token_bank_saved_and_loaded_through_the_nodes(folders):
+    from comfyui_conceptprism.nodes.token_files import LoadPrismTokens, SavePrismTokens
+    tokens = PrismTokens({"clip_l": torch.randn(1, 768)}, {"clip_l": torch.randn(2, 3, 768)}, ["x", ""], ["a", "b"],
+                         {"beta": 0.05}, LossHistory([1.0], [0.5]))
+    first = SavePrismTokens().save(tokens, "bank/dog")["ui"]["text"][0]
+    second = SavePrismTokens().save(tokens, "bank/dog")["ui"]["text"][0]
+    assert (first, second) == ("bank/dog_00001_.safetensors", "bank/dog_00002_.safetensors")
+    assert first in LoadPrismTokens.INPUT_TYPES()["required"]["token_file"][0]
+    loaded = LoadPrismTokens().load(first)[0]
+    assert torch.equal(loaded.residuals["clip_l"], tokens.residuals["clip_l"]) and loaded.captions == ["x", ""]
