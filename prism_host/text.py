@@ -18,7 +18,8 @@ import torch
 
 import comfy.sd1_clip
 
-from ..prism_core.optimize import Cond, Prompt, SlotVectors
+from ..prism_core.optimize import Prompt, SlotVectors
+from ..prism_core.token_bank import TARGET_SLOT, residual_slot
 
 FAMILY_NAMES = {
     ("clip_l",): "SD1.x (clip_l)",
@@ -156,7 +157,6 @@ def caption_embedding(clip: Any, caption: str) -> dict[str, torch.Tensor]:
 
 def slot_lengths_for(target: dict[str, torch.Tensor], residuals: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
     """Slot name -> {key: rows} for the target slot and every residual slot."""
-    from ..prism_core.token_bank import TARGET_SLOT, residual_slot
     lengths = {TARGET_SLOT: {k: v.shape[0] for k, v in target.items()}}
     n_images = next(iter(residuals.values())).shape[0]
     for i in range(n_images):
