@@ -42,11 +42,6 @@ def encode_prompt(clip, tokens, prompt: str, placeholder: str, mode: str, residu
     text.check_family(clip, tokens.encoder_keys, widths, "These ConceptPrism tokens")
     if mode != "target" and tokens.residual_length == 0:
         raise ValueError(f"PrismConditioning: mode '{mode}' needs residual tokens, but these tokens were learned with residual_length 0. Use mode 'target'.")
-    slots = {"target": [TARGET_SLOT], "target with residual": [TARGET_SLOT, "with", residual_slot(residual_index)],
-             "residual only": [residual_slot(residual_index)]}[mode]
-    vectors = {slot: tokens.slot_vectors(slot) for slot in slots if slot != "with"}
-    lengths = {slot: {k: v.shape[0] for k, v in vecs.items()} for slot, vecs in vectors.items()}
-    words = " ".join(f"embedding:{s}" if s in vectors else s for s in slots)
-    tokenized = text.tokenize_with_slots(clip, prompt.replace(placeholder, f" {words} "), lengths)
-    detached = {slot: {k: v.detach().float() for k, v in vecs.items()} for slot, vecs in vectors.items()}
-    return clip.encode_from_tokens_scheduled(text.fill_slots(tokenized, detached))
+    parts = {"target": (TARGET_SLOT,), "target with residual": (TARGET_SLOT, "with", residual_slot(residual_index)),
+             "residual only": (residual_slot(residual_index),)}[mode]
+    return clip.encode_from_tokens_scheduled(text.bank_tokens(clip, tokens, prompt, parts, placeholder))

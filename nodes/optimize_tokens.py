@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..prism_core.config import TokenConfig, help_text
 from ..prism_host.runtime import step_reporter
 from ..prism_host.stage1 import RunOptions, learn_tokens
-from ..prism_host.stage1_backend import TRAINING_DTYPES
+from ..prism_host.diffusion import TRAINING_DTYPES
 from .types import CATEGORY, CONCEPT_SET, PRISM_TOKENS
 
 
@@ -56,5 +56,5 @@ class OptimizePrismTokens:
                              gradient_accumulation=gradient_accumulation, caption_init=caption_init, seed=seed)
         options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing)
         tokens = learn_tokens(model, clip, vae, concept_set, config, options,
-                              on_step=step_reporter(steps, unique_id, "Stage 1"))
+                              on_step=step_reporter(steps, unique_id, "Stage 1", ("rec", "excl")))
         return (tokens,)

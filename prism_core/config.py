@@ -53,6 +53,38 @@ class TokenConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class LoraConfig:
+    """Every knob of Algorithm 2 (paper Sec. 3.4). Defaults are the paper's, see METHOD.md."""
+
+    rank: int = _setting(4, "LoRA rank (the reference implementation's 4). Higher learns more detail and more of the training images.")
+    alpha: float = _setting(4.0, "LoRA alpha; the update is scaled by alpha/rank (reference: 4, i.e. scale 1).")
+    learning_rate: float = _setting(4e-4, "AdamW learning rate for the LoRA weights (paper: 4e-4).")
+    steps: int = _setting(120, "Optimizer updates. One step = gradient_accumulation micro-steps, each on one image. The paper found ~120 best (measured every 40 up to 200).")
+    gradient_accumulation: int = _setting(4, "Micro-steps (one image each) averaged into one optimizer update.")
+    seed: int = _setting(0, "Seed for the LoRA initialisation, image order, timesteps and noise. Same seed, same LoRA.")
+    weight_decay: float = _setting(0.01, "AdamW weight decay (the reference implementation's 1e-2).")
+    max_grad_norm: float = _setting(1.0, "Gradient-norm clip on the LoRA weights (the reference implementation's 1.0); 0 disables.")
+    checkpoint_every: int = _setting(0, "Also save the LoRA every N steps into the loras folder (the paper compared every 40). 0 = off.")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.rank >= 1, "rank must be at least 1"),
+            (self.alpha > 0, "alpha must be positive"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (self.steps >= 1, "steps must be at least 1"),
+            (self.gradient_accumulation >= 1, "gradient_accumulation must be at least 1"),
+            (self.max_grad_norm >= 0, "max_grad_norm must be 0 or more"),
+            (self.checkpoint_every >= 0, "checkpoint_every must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"LoraConfig: {message}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def help_text(config_class: type, name: str) -> str:
     """The help string of one dataclass field (used as a node tooltip)."""
     return config_class.__dataclass_fields__[name].metadata["help"]

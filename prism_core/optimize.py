@@ -95,11 +95,13 @@ class TokenParameters:
                 {k: v.detach().cpu().clone() for k, v in self.residuals.items()})
 
 
-def _batch_cond(conds: Sequence[Cond]) -> Cond:
+def batch_conds(conds: Sequence[Cond]) -> Cond:
+    """Concatenate one-prompt conditionings along the batch dimension."""
     return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
 
 
-def _chunks(count: int, size: int) -> list[range]:
+def chunk_ranges(count: int, size: int) -> list[range]:
+    """Consecutive index ranges of at most `size` covering range(count) (samples per model call)."""
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
@@ -130,21 +132,21 @@ def micro_step_losses(
     if anchors:
         with torch.no_grad():
             null_eps = []
-            for chunk in _chunks(len(anchors), backend.max_batch):
+            for chunk in chunk_ranges(len(anchors), backend.max_batch):
                 idx = [1 + c for c in chunk]
                 null_eps.append(backend.predict_eps(
                     latents[[images[i] for i in idx]], [timesteps[i] for i in idx], noise[idx],
-                    _batch_cond([null] * len(idx))))
+                    batch_conds([null] * len(idx))))
             targets[1:] = torch.cat(null_eps).float()
 
     weights = micro_step_weights(len(anchors), beta).to(latents.device) * scale
     per_sample = torch.empty(n)
     leaf_tensors = [t for leaf in leaves for t in leaf.values() if t.requires_grad]
     leaf_grads = [torch.zeros_like(t) for t in leaf_tensors]
-    for chunk in _chunks(n, backend.max_batch):
+    for chunk in chunk_ranges(n, backend.max_batch):
         idx = list(chunk)
         eps_hat = backend.predict_eps(latents[[images[i] for i in idx]], [timesteps[i] for i in idx],
-                                      noise[idx], _batch_cond([sample_conds[i] for i in idx]))
+                                      noise[idx], batch_conds([sample_conds[i] for i in idx]))
         mse = per_sample_mse(eps_hat, targets[idx])
         per_sample[idx] = mse.detach().float().cpu()
         grads = torch.autograd.grad((mse * weights[idx]).sum(), leaf_tensors, allow_unused=True)

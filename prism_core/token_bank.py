@@ -24,6 +24,11 @@ def residual_slot(index: int) -> str:
     return f"prism_residual_{index}"
 
 
+def is_slot(word: str) -> bool:
+    """Whether a prompt part names a learned token (the target or a residual) rather than a word."""
+    return word == TARGET_SLOT or (word.startswith("prism_residual_") and word.rsplit("_", 1)[1].isdigit())
+
+
 @dataclass
 class LossHistory:
     """Per optimizer step: reconstruction and exclusion losses kept apart (NaN where not computed)."""

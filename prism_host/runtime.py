@@ -9,14 +9,17 @@ import comfy.utils
 log = logging.getLogger("ConceptPrism")
 
 
-def step_reporter(total: int, node_id: str | None, label: str) -> Callable[[int, int, float, float], None]:
-    """A Stage-1 style on_step callback: moves the progress bar (which also raises on Cancel when a
-    server is running) and shows the current losses on the node."""
+def step_reporter(total: int, node_id: str | None, label: str, loss_names: tuple[str, ...] = ("rec", "excl")
+                  ) -> Callable[..., None]:
+    """An on_step(step, steps, *losses) callback: moves the progress bar (which also raises on Cancel
+    when a server is running) and shows the current losses, named by `loss_names`, on the node.
+    NaN losses (not computed) are left out."""
     bar = comfy.utils.ProgressBar(total, node_id=node_id)
 
-    def on_step(step: int, steps: int, rec: float, excl: float) -> None:
+    def on_step(step: int, steps: int, *losses: float) -> None:
         bar.update_absolute(step, steps)
-        message = f"{label} step {step}/{steps}  rec {rec:.4f}" + ("" if excl != excl else f"  excl {excl:.4f}")
+        shown = "".join(f"  {name} {value:.4f}" for name, value in zip(loss_names, losses) if value == value)
+        message = f"{label} step {step}/{steps}{shown}"
         show_text(message, node_id)
         if step == 1 or step == steps or step % 20 == 0:
             log.info(message)

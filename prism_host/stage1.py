@@ -13,7 +13,8 @@ from ..prism_core.init import random_vectors, repeated_vector
 from ..prism_core.optimize import optimize_tokens
 from ..prism_core.token_bank import PrismTokens
 from . import text
-from .stage1_backend import ComfyStage1Backend, encode_latents
+from .diffusion import encode_latents
+from .stage1_backend import ComfyStage1Backend
 
 log = logging.getLogger("ConceptPrism")
 

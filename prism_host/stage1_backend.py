@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
 import comfy.model_management
 
-from ..prism_core.losses import eps_from_denoised
 from ..prism_core.optimize import Cond, Prompt, SlotVectors
 from . import text, training_guard
-
-TRAINING_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from .diffusion import TRAINING_DTYPES, NoisePredictor, encode_latents, model_inputs  # noqa: F401 (re-exported)
 
 
 class ComfyStage1Backend:
@@ -27,28 +25,16 @@ class ComfyStage1Backend:
                  max_batch: int = 8, training_dtype: str = "float32", checkpointing: bool = False) -> None:
         self.model, self.clip, self.slot_lengths = model, clip, slot_lengths
         self.resolution, self.max_batch = resolution, max_batch
-        self.autocast_dtype = TRAINING_DTYPES[training_dtype]
-        self.checkpointing = checkpointing
-        self.model_sampling = model.get_model_object("model_sampling")
-        self.num_timesteps = int(self.model_sampling.sigmas.shape[0])
+        self.training_dtype, self.checkpointing = training_dtype, checkpointing
+        self.num_timesteps = int(model.get_model_object("model_sampling").sigmas.shape[0])
         self._tokens: dict[Prompt, dict[str, list]] = {}
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "ComfyStage1Backend":
-        self.train_model = training_guard.with_weight_copies(self.model)
-        self.train_clip = self.clip.clone()
-        self.train_clip.patcher = training_guard.with_weight_copies(self.clip.patcher)
-        self._stack.enter_context(training_guard.restore_modules(self.model.model, self.clip.cond_stage_model))
-        try:
-            training_guard.out_of_place_clip_layers(self.clip.cond_stage_model)
-            if self.checkpointing:
-                training_guard.gradient_checkpointing(self.train_model.model.diffusion_model)
-            comfy.model_management.load_models_gpu([self.train_model, self.train_clip.patcher], force_full_load=True)
-        except BaseException:
-            self._stack.close()  # __exit__ does not run when __enter__ fails
-            raise
-        self.device = self.train_model.load_device
-        self.transformer_options = dict(self.train_model.model_options.get("transformer_options", {}))
+        self.train_model, self.train_clip = self._stack.enter_context(training_guard.loaded_training_clones(
+            self.model, self.clip, checkpointing=self.checkpointing))
+        self._predictor = NoisePredictor(self.train_model, self.training_dtype)
+        self.device = self._predictor.device
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -56,16 +42,7 @@ class ComfyStage1Backend:
 
     # -- text ---------------------------------------------------------------------------------
     def _conditioning(self, cond: torch.Tensor, pooled: torch.Tensor | None) -> Cond:
-        """The model inputs one prompt provides: c_crossattn and the family's extras (SDXL: y from
-        the pooled output and the size conditioning, which follows the training resolution)."""
-        size = self.resolution
-        extras = self.train_model.model.extra_conds(
-            cross_attn=cond, pooled_output=pooled, width=size, height=size, target_width=size,
-            target_height=size, crop_w=0, crop_h=0, device=self.device)
-        unsupported = set(extras) - {"c_crossattn", "y"}
-        if unsupported:
-            raise ValueError(f"ConceptPrism does not support models that need {sorted(unsupported)} (e.g. inpainting models).")
-        return {key: value.cond for key, value in extras.items()}
+        return model_inputs(self.train_model, cond, pooled, self.resolution, self.device)
 
     def encode(self, prompt: Prompt, vectors: SlotVectors) -> Cond:
         if prompt not in self._tokens:
@@ -80,20 +57,7 @@ class ComfyStage1Backend:
 
     # -- diffusion ------------------------------------------------------------------------------
     def predict_eps(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
-        sampling = self.model_sampling
-        sigma = sampling.sigmas[torch.tensor(list(timesteps))].to(self.device, torch.float32)
-        latents, noise = latents.to(self.device), noise.to(self.device)
-        noisy = sampling.noise_scaling(sigma, noise, latents)
-        # x_t = a*x0 + b*eps: read a and b off the host's own noising, so every family is covered.
-        ones, zeros = torch.ones_like(sigma).view(-1, 1), torch.zeros_like(sigma).view(-1, 1)
-        signal_scale = sampling.noise_scaling(sigma, zeros, ones).view(-1)
-        noise_scale = sampling.noise_scaling(sigma, ones, zeros).view(-1)
-        inputs = {k: v.to(self.device) for k, v in cond.items()}
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                    if self.autocast_dtype is not None else contextlib.nullcontext())
-        with autocast:
-            denoised = self.train_model.model.apply_model(noisy, sigma, transformer_options=self.transformer_options, **inputs)
-        return eps_from_denoised(noisy, denoised.float(), signal_scale, noise_scale)
+        return self._predictor(latents, timesteps, noise, cond)
 
     def check_interrupt(self) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -104,14 +68,3 @@ class ComfyStage1Backend:
 
     def vocabulary_statistics(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return text.vocabulary_statistics(self.train_clip)
-
-
-
-def encode_latents(model: Any, vae: Any, images: torch.Tensor) -> torch.Tensor:
-    """[N, H, W, 3] pixels -> [N, C, h, w] latents in the model's space, once per run.
-
-    Call before entering the backend: loading the VAE may unload other models to make room.
-    """
-    with torch.no_grad():
-        latents = vae.encode(images[..., :3]).clone()
-        return model.model.process_latent_in(latents).float()

@@ -19,7 +19,7 @@ import torch
 import comfy.sd1_clip
 
 from ..prism_core.optimize import Prompt, SlotVectors
-from ..prism_core.token_bank import TARGET_SLOT, residual_slot
+from ..prism_core.token_bank import TARGET_SLOT, PrismTokens, is_slot, residual_slot
 
 FAMILY_NAMES = {
     ("clip_l",): "SD1.x (clip_l)",
@@ -110,6 +110,20 @@ def fill_slots(tokens: dict[str, list], vectors: SlotVectors) -> dict[str, list]
     def fill(item: Any) -> Any:
         return vectors[item.slot][item.key][item.row] if isinstance(item, SlotRow) else item
     return {k: [[(fill(t), *rest) for t, *rest in chunk] for chunk in chunks] for k, chunks in tokens.items()}
+
+
+def bank_tokens(clip: Any, bank: PrismTokens, template: str, parts: tuple[str, ...], placeholder: str | None = None) -> dict[str, list]:
+    """Tokenize a prompt whose learned tokens are `parts` (e.g. ("prism_target", "with", "prism_residual_2")),
+    filled with the bank's vectors (detached): the host token structure CLIP.encode_from_tokens takes.
+
+    The parts stand at `placeholder` in `template`, or are the whole prompt when no placeholder is given.
+    """
+    slots = [part for part in parts if is_slot(part)]
+    words = prompt_text(Prompt(parts), set(slots))
+    prompt = template.replace(placeholder, f" {words} ") if placeholder else words
+    vectors = {slot: {k: v.detach().float() for k, v in bank.slot_vectors(slot).items()} for slot in slots}
+    lengths = {slot: {k: v.shape[0] for k, v in vecs.items()} for slot, vecs in vectors.items()}
+    return fill_slots(tokenize_with_slots(clip, prompt, lengths), vectors)
 
 
 def encode_tokens(clip: Any, tokens: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor | None]:

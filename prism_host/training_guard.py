@@ -13,11 +13,12 @@ Three things stand between ComfyUI's models and a backward pass, all undone when
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 import comfy.clip_model
+import comfy.model_management
 
 
 def _copy_made_by_host(weight: torch.Tensor) -> torch.Tensor:
@@ -83,3 +84,32 @@ def gradient_checkpointing(diffusion_model: torch.nn.Module) -> None:
     from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch
     for module in find_all_highest_child_module_with_forward(diffusion_model):
         patch(module)
+
+
+@contextlib.contextmanager
+def loaded_training_clones(model: Any, clip: Any | None = None, weight_wrappers: dict[str, Callable] | None = None,
+                           checkpointing: bool = False) -> Iterator[tuple[Any, Any | None]]:
+    """(model clone, CLIP clone or None), loaded for training; the incoming objects stay as they were.
+
+    The model clone copies inference-tensor weights per forward and carries `weight_wrappers`
+    ({"diffusion_model.<module>.weight": wrapper}, e.g. trainable LoRA adapters) through the
+    host's own ``add_weight_wrapper``. Every module attribute the clones touch is put back on exit.
+    Call inside ``torch.inference_mode(False)``.
+    """
+    train_model = with_weight_copies(model)
+    for key, wrapper in (weight_wrappers or {}).items():
+        train_model.add_weight_wrapper(key, wrapper)
+    train_clip = None
+    roots = [model.model]
+    if clip is not None:
+        train_clip = clip.clone()
+        train_clip.patcher = with_weight_copies(clip.patcher)
+        roots.append(clip.cond_stage_model)
+    with restore_modules(*roots):
+        if clip is not None:
+            out_of_place_clip_layers(clip.cond_stage_model)
+        if checkpointing:
+            gradient_checkpointing(train_model.model.diffusion_model)
+        patchers = [train_model] + ([train_clip.patcher] if train_clip is not None else [])
+        comfy.model_management.load_models_gpu(patchers, force_full_load=True)
+        yield train_model, train_clip

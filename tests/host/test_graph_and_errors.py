@@ -2,36 +2,24 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 import torch
-from PIL import Image
 
-from host_setup import PACK_ROOT, fake_server, require_host
+from host_setup import PACK_ROOT, require_host
 
 require_host()
 
 import comfy.model_management  # noqa: E402
 import comfy.utils  # noqa: E402
-import execution  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
 from comfyui_conceptprism.nodes import NODE_CLASS_MAPPINGS  # noqa: E402
+from graph_helpers import CAPTURED, register_test_nodes, run_graph, write_images  # noqa: E402
 from comfyui_conceptprism.nodes.concept_set import LoadConceptSet  # noqa: E402
 from comfyui_conceptprism.nodes.conditioning import PrismConditioning  # noqa: E402
 from comfyui_conceptprism.prism_core.images import ConceptSetError  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
-
-CAPTURED = []
-
-
-def _write_images(folder, n, size=80):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.new("RGB", (size + 16 * i, size), (200, 30 * i, 40)).save(folder / f"{i:02}.png")
-    return folder
-
 
 def test_host_loader_registers_every_node_with_tooltips():
     ok = asyncio.run(host_nodes.load_custom_node(str(PACK_ROOT), module_parent="custom_nodes"))
@@ -42,39 +30,6 @@ def test_host_loader_registers_every_node_with_tooltips():
         for section in ("required", "optional"):
             for input_name, spec in inputs.get(section, {}).items():
                 assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
-
-
-def _register_test_nodes(tiny):
-    class PrismTestTinyModels:  # loader nodes cannot be overridden by a pack: a test-only one under a new name
-        RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-        FUNCTION = "load"
-        CATEGORY = "testing"
-
-        @classmethod
-        def INPUT_TYPES(cls):
-            return {"required": {"family": (["sd15", "sd2v", "sdxl"],)}}
-
-        def load(self, family):
-            models = tiny(family)
-            return (models.model, models.clip, models.vae)
-
-    class PrismTestCapture:
-        RETURN_TYPES = ()
-        FUNCTION = "capture"
-        OUTPUT_NODE = True
-        CATEGORY = "testing"
-
-        @classmethod
-        def INPUT_TYPES(cls):
-            return {"required": {"latent": ("LATENT",)}}
-
-        def capture(self, latent):
-            CAPTURED.append(latent["samples"].clone())
-            return {}
-
-    host_nodes.NODE_CLASS_MAPPINGS.update(NODE_CLASS_MAPPINGS)
-    host_nodes.NODE_CLASS_MAPPINGS["PrismTestTinyModels"] = PrismTestTinyModels
-    host_nodes.NODE_CLASS_MAPPINGS["PrismTestCapture"] = PrismTestCapture
 
 
 def _graph(folder, steps):
@@ -97,21 +52,12 @@ def _graph(folder, steps):
     }
 
 
-def _run(graph):
-    server = fake_server()
-    executor = execution.PromptExecutor(server)
-    valid = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), graph, None))
-    assert valid[0], valid
-    executor.execute(graph, str(uuid.uuid4()), {"client_id": server.client_id}, valid[2])
-    return executor, server
-
-
 def test_graph_runs_through_the_executor_and_cancel_stops_within_one_step(tiny, tmp_path):
-    _register_test_nodes(tiny)
-    folder = _write_images(tmp_path / "concept", 3)
+    register_test_nodes(tiny)
+    folder = write_images(tmp_path / "concept", 3)
     (folder / "00.txt").write_text("a red square on a plain background")
     CAPTURED.clear()
-    executor, server = _run(_graph(folder, steps=2))
+    executor, server = run_graph(_graph(folder, steps=2))
     assert executor.success, server.messages
     assert len(CAPTURED) == 1 and CAPTURED[0].shape == (1, 4, 8, 8) and torch.isfinite(CAPTURED[0]).all()
 
@@ -123,7 +69,7 @@ def test_graph_runs_through_the_executor_and_cancel_stops_within_one_step(tiny, 
             comfy.model_management.interrupt_current_processing(True)
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        executor, server = _run(_graph(folder, steps=50))
+        executor, server = run_graph(_graph(folder, steps=50))
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
         comfy.model_management.interrupt_current_processing(False)
@@ -135,10 +81,10 @@ def test_graph_runs_through_the_executor_and_cancel_stops_within_one_step(tiny, 
 
 def test_concept_set_errors_name_the_problem(tmp_path):
     node = LoadConceptSet()
-    one = _write_images(tmp_path / "one", 1)
+    one = write_images(tmp_path / "one", 1)
     with pytest.raises(ConceptSetError, match="at least 2"):
         node.load(str(one), 64, "")
-    folder = _write_images(tmp_path / "three", 3)
+    folder = write_images(tmp_path / "three", 3)
     with pytest.raises(ConceptSetError, match="2 captions.*3 images"):
         node.load(str(folder), 64, "first caption\nsecond caption")
     (folder / "broken.png").write_bytes(b"not a png")

@@ -9,10 +9,10 @@ from host_setup import require_host
 require_host()
 
 import comfy.model_management  # noqa: E402
-import comfy.sample  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
 from conftest import FAMILIES  # noqa: E402
+from host_checks import RES, host_outputs, module_state  # noqa: E402
 from comfyui_conceptprism.nodes.conditioning import PrismConditioning  # noqa: E402
 from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens  # noqa: E402
 from comfyui_conceptprism.nodes.token_files import SavePrismEmbedding  # noqa: E402
@@ -23,8 +23,6 @@ from comfyui_conceptprism.prism_host import text  # noqa: E402
 from comfyui_conceptprism.prism_host.stage1 import learn_tokens  # noqa: E402
 from comfyui_conceptprism.prism_host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
 
-RES = 64
-
 
 def _concept(seed=0, n=3):
     g = torch.Generator().manual_seed(seed)
@@ -34,31 +32,13 @@ def _concept(seed=0, n=3):
     return ConceptSet(images, tuple(f"{i}.png" for i in range(n)), captions, RES, "test")
 
 
-def _host_outputs(models):
-    """Sampling and text encoding through the host's own paths (what any later node would see)."""
-    with torch.inference_mode():
-        positive = models.clip.encode_from_tokens_scheduled(models.clip.tokenize("a photo of a red ball"))
-        negative = models.clip.encode_from_tokens_scheduled(models.clip.tokenize(""))
-        latent = torch.zeros(1, 4, RES // 8, RES // 8)
-        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
-        sample = comfy.sample.sample(models.model, noise, 3, 4.0, "euler", "normal", positive, negative, latent,
-                                     seed=5, disable_pbar=True)
-    return positive[0][0].clone(), positive[0][1]["pooled_output"], sample.clone()
-
-
-def _module_state(root):
-    return {name: (type(m), sorted(m.__dict__.keys()), [id(p) for p in m._parameters.values()],
-                   list(getattr(m, "weight_function", [])), list(getattr(m, "bias_function", [])))
-            for name, m in root.named_modules()}
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_incoming_model_and_clip_untouched_after_training_and_after_cancel(family, tiny):
     models = tiny(family)
     concept = _concept()
     images_before = concept.images.clone()
-    before = _host_outputs(models)
-    state = (_module_state(models.model.model), _module_state(models.clip.cond_stage_model))
+    before = host_outputs(models.model, models.clip)
+    state = (module_state(models.model.model), module_state(models.clip.cond_stage_model))
     grads_before = [p.grad for p in models.model.model.parameters()]
 
     config = TokenConfig(steps=2, gradient_accumulation=2)
@@ -66,7 +46,7 @@ def test_incoming_model_and_clip_untouched_after_training_and_after_cancel(famil
         learn_tokens(models.model, models.clip, models.vae, concept, config)
     assert all(p.grad is None for p in models.model.model.parameters()) and all(g is None for g in grads_before)
     assert all(p.grad is None for p in models.clip.cond_stage_model.parameters())
-    after = _host_outputs(models)
+    after = host_outputs(models.model, models.clip)
 
     seen = []
 
@@ -79,12 +59,12 @@ def test_incoming_model_and_clip_untouched_after_training_and_after_cancel(famil
     finally:
         comfy.model_management.interrupt_current_processing(False)
     assert seen == [1]  # stopped at the next micro-step, before a second update
-    cancelled = _host_outputs(models)
+    cancelled = host_outputs(models.model, models.clip)
 
     for got in (after, cancelled):
         for a, b in zip(before, got):
             assert (a is None and b is None) or torch.equal(a, b)
-    assert (_module_state(models.model.model), _module_state(models.clip.cond_stage_model)) == state
+    assert (module_state(models.model.model), module_state(models.clip.cond_stage_model)) == state
     assert torch.equal(concept.images, images_before)
 
 

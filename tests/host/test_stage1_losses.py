@@ -10,30 +10,13 @@ from host_setup import require_host
 require_host()
 
 from conftest import FAMILIES  # noqa: E402
+from host_checks import oracle_cond, oracle_eps  # noqa: E402
 from comfyui_conceptprism.prism_core.optimize import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_host import text  # noqa: E402
 from comfyui_conceptprism.prism_host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
 
-RES = 64
-
-
-def _oracle_cond(models, prompt: str):
-    """Conditioning exactly as CLIPTextEncode + the sampler would build it (host code only)."""
-    cond, pooled = models.clip.encode_from_tokens(models.clip.tokenize(prompt), return_pooled=True)
-    extra = {}
-    if models.family == "sdxl":
-        extra["y"] = models.model.model.encode_adm(pooled_output=pooled, width=RES, height=RES,
-                                                   target_width=RES, target_height=RES, crop_w=0, crop_h=0)
-    return cond, extra
-
-
-def _oracle_eps(models, z, sigma, eps, cond, extra):
-    """eps_hat from apply_model's x0_hat, with the host's noise_scaling (x_t = z + sigma * eps here)."""
-    sampling = models.model.get_model_object("model_sampling")
-    x_t = sampling.noise_scaling(sigma, eps, z)
-    x0 = models.model.model.apply_model(x_t, sigma, c_crossattn=cond, **extra)
-    return (x_t - x0) / sigma.view(-1, 1, 1, 1)
+from host_checks import RES  # noqa: E402
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -62,14 +45,14 @@ def test_rec_and_excl_equal_host_oracle(family, tiny, embedding_root):
         z = models.model.model.process_latent_in(models.vae.encode(images)).float()
         eps = torch.randn((3, *z.shape[1:]), generator=torch.Generator().manual_seed(1234))
         sigmas = models.model.get_model_object("model_sampling").sigmas[torch.tensor(step.timesteps)].float()
-        cond, extra = _oracle_cond(models, f"embedding:oracle_t_{family} with embedding:oracle_r_{family}")
-        oracle_rec = ((_oracle_eps(models, z[1:2], sigmas[0:1], eps[0:1], cond, extra) - eps[0:1]) ** 2).mean()
-        res_cond, res_extra = _oracle_cond(models, f"embedding:oracle_r_{family}")
-        null_cond, null_extra = _oracle_cond(models, "")
+        cond, extra = oracle_cond(models, f"embedding:oracle_t_{family} with embedding:oracle_r_{family}")
+        oracle_rec = ((oracle_eps(models.model, z[1:2], sigmas[0:1], eps[0:1], cond, extra) - eps[0:1]) ** 2).mean()
+        res_cond, res_extra = oracle_cond(models, f"embedding:oracle_r_{family}")
+        null_cond, null_extra = oracle_cond(models, "")
         gaps = []
         for k, j in enumerate(step.anchors):
             args = (z[j:j + 1], sigmas[1 + k:2 + k], eps[1 + k:2 + k])
-            gap = _oracle_eps(models, *args, res_cond, res_extra) - _oracle_eps(models, *args, null_cond, null_extra)
+            gap = oracle_eps(models.model, *args, res_cond, res_extra) - oracle_eps(models.model, *args, null_cond, null_extra)
             gaps.append((gap ** 2).mean())
         oracle_excl = torch.stack(gaps).mean()
 

@@ -1,0 +1,81 @@
+"""PrismLoRATrain: Stage 2 (paper Algorithm 2) as a node."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import folder_paths
+
+from ..prism_core.config import LoraConfig, help_text
+from ..prism_core.lora_file import LoraWeights, read_lora, save_lora
+from ..prism_host.diffusion import TRAINING_DTYPES
+from ..prism_host.folders import first_folder
+from ..prism_host.runtime import step_reporter
+from ..prism_host.stage1 import RunOptions
+from ..prism_host.stage2 import apply_lora, train_concept_lora
+from .types import CATEGORY, CONCEPT_SET, LORA_MODEL, LOSS_MAP, PRISM_TOKENS
+
+NO_RESUME = "none"
+
+
+def _tip(name: str) -> str:
+    return help_text(LoraConfig, name)
+
+
+class PrismLoRATrain:
+    DISPLAY_NAME = "Prism LoRA Train (ConceptPrism Stage 2)"
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", LORA_MODEL, LOSS_MAP)
+    RETURN_NAMES = ("model", "lora", "loss")
+    OUTPUT_TOOLTIPS = (
+        "The incoming model with the trained LoRA applied (strength 1); wire it straight into KSampler.",
+        "The LoRA weights (kohya layout): save them with Save Prism LoRA.",
+        "Loss per optimizer step (the whole run, earlier steps included when resuming), for Prism Loss Graph.",
+    )
+    FUNCTION = "train"
+    DESCRIPTION = ("Trains a LoRA on the attention layers with the learned tokens fixed, each image with its prompt "
+                   "'<target> with <residual i>'. The incoming model is not changed.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model the tokens were learned with (SD1.x, SD2.x incl. v-prediction, SDXL). Left unchanged."}),
+                "clip": ("CLIP", {"tooltip": "Encodes the training prompts once per run. Left unchanged."}),
+                "vae": ("VAE", {"tooltip": "Encodes the reference images once per run."}),
+                "concept_set": (CONCEPT_SET, {"tooltip": "The concept set the tokens were learned on (same images, same order)."}),
+                "tokens": (PRISM_TOKENS, {"tooltip": "From Optimize Prism Tokens or Load Prism Tokens; kept fixed."}),
+                "rank": ("INT", {"default": 4, "min": 1, "max": 128, "tooltip": _tip("rank")}),
+                "alpha": ("FLOAT", {"default": 4.0, "min": 0.01, "max": 256.0, "step": 0.5, "tooltip": _tip("alpha")}),
+                "learning_rate": ("FLOAT", {"default": 4e-4, "min": 1e-6, "max": 1e-1, "step": 1e-5, "round": False, "tooltip": _tip("learning_rate")}),
+                "steps": ("INT", {"default": 120, "min": 1, "max": 10000, "tooltip": _tip("steps")}),
+                "gradient_accumulation": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": _tip("gradient_accumulation")}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": _tip("seed")}),
+            },
+            "optional": {
+                "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Most micro-steps sharing one model call. Lower it if you run out of memory; results do not change."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, slower. Results do not change."}),
+                "training_dtype": (list(TRAINING_DTYPES), {"default": "float32", "tooltip": "Autocast precision for the diffusion model on GPU (bfloat16 saves memory and time on recent cards). The LoRA weights always stay float32."}),
+                "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": _tip("checkpoint_every")}),
+                "checkpoint_prefix": ("STRING", {"default": "conceptprism/concept_lora", "tooltip": "Name (and optional subfolder) in models/loras for checkpoints; '_stepNNNN' and a counter are appended."}),
+                "resume_from": ([NO_RESUME] + folder_paths.get_filename_list("loras"), {"default": NO_RESUME, "tooltip": "Continue a LoRA saved by Save Prism LoRA (or a checkpoint): its weights, rank, alpha and step count carry on; 'steps' more steps are trained."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def train(self, model, clip, vae, concept_set, tokens, rank, alpha, learning_rate, steps, gradient_accumulation, seed,
+              max_batch=4, gradient_checkpointing=False, training_dtype="float32", checkpoint_every=0,
+              checkpoint_prefix="conceptprism/concept_lora", resume_from=NO_RESUME, unique_id=None):
+        config = LoraConfig(rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
+                            gradient_accumulation=gradient_accumulation, seed=seed, checkpoint_every=checkpoint_every)
+        options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing)
+        resume = None
+        if resume_from and resume_from != NO_RESUME:
+            resume = read_lora(Path(folder_paths.get_full_path_or_raise("loras", resume_from)))
+
+        def save_checkpoint(weights: LoraWeights) -> None:
+            save_lora(weights, first_folder("loras"), f"{checkpoint_prefix}_step{weights.steps:04d}")
+
+        run = train_concept_lora(model, clip, vae, concept_set, tokens, config, options, resume,
+                                 on_step=step_reporter(steps, unique_id, "Stage 2", ("loss",)),
+                                 on_checkpoint=save_checkpoint if checkpoint_every else None)
+        return (apply_lora(model, run.weights), run.weights, {"loss": run.weights.loss})

@@ -1,0 +1,146 @@
+"""Stage 2 on ComfyUI objects: train the attention LoRA with the Stage 1 tokens fixed (Algorithm 2)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+import comfy.model_management
+import comfy.sd
+
+from ..prism_core.concept_set import ConceptSet
+from ..prism_core.config import LoraConfig
+from ..prism_core.lora_file import LoraWeights, lora_metadata
+from ..prism_core.lora_train import train_lora
+from ..prism_core.optimize import Cond, reconstruction_prompt
+from ..prism_core.token_bank import PrismTokens
+from . import lora_layers, text, training_guard
+from .diffusion import NoisePredictor, encode_latents, model_inputs
+from .stage1 import RunOptions
+
+log = logging.getLogger("ConceptPrism")
+
+
+class ComfyStage2Backend:
+    """`Stage2Backend` on a MODEL: a loaded clone carrying trainable host LoRA adapters.
+
+    Use as a context manager inside ``torch.inference_mode(False)``; leaving restores every module.
+    """
+
+    def __init__(self, model: Any, adapters: dict[str, torch.nn.Module], max_batch: int = 4,
+                 training_dtype: str = "float32", checkpointing: bool = False) -> None:
+        self.model, self.adapters, self.max_batch = model, adapters, max_batch
+        self.training_dtype, self.checkpointing = training_dtype, checkpointing
+        self.num_timesteps = int(model.get_model_object("model_sampling").sigmas.shape[0])
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "ComfyStage2Backend":
+        wrappers = {f"{name}.weight": adapter for name, adapter in self.adapters.items()}
+        self.train_model, _ = self._stack.enter_context(training_guard.loaded_training_clones(
+            self.model, None, wrappers, self.checkpointing))
+        self._predictor = NoisePredictor(self.train_model, self.training_dtype)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    def predict_eps(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return self._predictor(latents, timesteps, noise, cond)
+
+    def check_interrupt(self) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def check_tokens_match(clip: Any, tokens: PrismTokens, concept: ConceptSet) -> None:
+    """The tokens must come from this CLIP's family and from this concept set's images."""
+    text.check_family(clip, tokens.encoder_keys, {k: v.shape[1] for k, v in tokens.target.items()}, "These ConceptPrism tokens")
+    if len(tokens.image_names) != len(concept):
+        raise ValueError(
+            f"The tokens were learned on {len(tokens.image_names)} images but the concept set has {len(concept)}: each image "
+            "needs its own residual token. Connect the concept set the tokens were optimised on.")
+    if list(tokens.image_names) != list(concept.names):
+        log.warning("ConceptPrism: the concept set's images (%s) are not the ones the tokens were learned on (%s); "
+                    "residual token i is used with image i.", list(concept.names), list(tokens.image_names))
+
+
+@torch.no_grad()
+def training_conditionings(model: Any, clip: Any, tokens: PrismTokens, resolution: int) -> list[Cond]:
+    """conds[i]: model inputs for image i's fixed prompt "<t_target> with <t_res(i)>", encoded once
+    per run through the host's own encode_from_tokens (CLIPSetLastLayer honoured). Call inside
+    ``torch.inference_mode(False)``: the copies returned are ordinary tensors autograd may save."""
+    has_residual = tokens.residual_length > 0
+    conds = []
+    for i in range(len(tokens.image_names)):
+        filled = text.bank_tokens(clip, tokens, "", reconstruction_prompt(i, has_residual).parts)
+        cond, pooled = clip.encode_from_tokens(filled, return_pooled=True)
+        inputs = model_inputs(model, cond, pooled, resolution, torch.device("cpu"))
+        conds.append({k: v.detach().cpu().clone() for k, v in inputs.items()})
+    return conds
+
+
+@dataclass(frozen=True)
+class LoraRun:
+    """What one Stage 2 run returns: the weights (with header metadata) and the per-step loss of this run."""
+
+    weights: LoraWeights
+    loss: list[float]
+
+
+def train_concept_lora(
+    model: Any, clip: Any, vae: Any, concept: ConceptSet, tokens: PrismTokens, config: LoraConfig,
+    options: RunOptions = RunOptions(), resume: LoraWeights | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_checkpoint: Callable[[LoraWeights], None] | None = None,
+) -> LoraRun:
+    """Paper Algorithm 2 on a MODEL/CLIP/VAE. The incoming objects are left as they were; the LoRA
+    lives on a training clone only. `resume` continues a saved LoRA and its step count."""
+    family = lora_layers.base_family(model)
+    check_tokens_match(clip, tokens, concept)
+    layers = lora_layers.attention_projections(model)
+    names = lora_layers.kohya_names(model, family, layers)
+    start_step, earlier_loss = 0, []
+    if resume is not None:
+        start_step, earlier_loss = resume.steps, resume.loss
+        if resume.metadata.get("conceptprism.family") != family.name + ("-v" if family.v_prediction else ""):
+            raise ValueError(f"The LoRA to resume was trained on {resume.metadata.get('conceptprism.family')}, this MODEL is "
+                             f"{family.name}. Pick a LoRA trained on this family, or set resume_from to none.")
+    with torch.inference_mode(False):
+        conds = training_conditionings(model, clip, tokens, concept.resolution)
+        latents = encode_latents(model, vae, concept.images.clone())
+        if resume is not None:
+            adapters = lora_layers.adapters_from_file(names, dict(resume))
+        else:
+            adapters = lora_layers.new_adapters(model, layers, config.rank, config.alpha, config.seed)
+        rank = next(iter(adapters.values())).rank
+        alpha = float(next(iter(adapters.values())).alpha)
+        if resume is not None and (rank, alpha) != (config.rank, config.alpha):
+            log.info("ConceptPrism: resuming keeps the saved LoRA's rank %d and alpha %g (the rank/alpha inputs are not used).", rank, alpha)
+        settings = {**config.to_dict(), "rank": rank, "alpha": alpha, "resolution": concept.resolution,
+                    "training_dtype": options.training_dtype, "layers": "attention (to_q, to_k, to_v, to_out.0)"}
+
+        def snapshot(steps_done: int, loss: list[float]) -> LoraWeights:
+            return LoraWeights(lora_layers.adapter_tensors(adapters, names),
+                               lora_metadata(family, rank, alpha, steps_done, settings, tokens, earlier_loss + loss))
+
+        loss: list[float] = []
+
+        def record(step: int, last: int, value: float) -> None:
+            loss.append(value)
+            if on_step is not None:
+                on_step(step, last, value)
+
+        checkpoint = (lambda step: on_checkpoint(snapshot(step, loss))) if on_checkpoint is not None else None
+        with ComfyStage2Backend(model, adapters, options.max_batch, options.training_dtype,
+                                options.gradient_checkpointing) as backend:
+            train_lora(backend, latents, conds, lora_layers.adapter_parameters(adapters), config,
+                       start_step, record, checkpoint)
+        return LoraRun(snapshot(start_step + config.steps, loss), loss)
+
+
+def apply_lora(model: Any, weights: LoraWeights, strength: float = 1.0) -> Any:
+    """A clone of `model` with the LoRA patched in exactly as LoraLoaderModelOnly would patch it."""
+    patched, _ = comfy.sd.load_lora_for_models(model, None, dict(weights), strength, 0)
+    return patched

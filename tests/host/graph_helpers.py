@@ -1,0 +1,64 @@
+"""Running graphs through the host's executor with test-only nodes (a tiny-model loader, a capture sink)."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from PIL import Image
+
+import execution
+import nodes as host_nodes
+
+from host_setup import fake_server
+from comfyui_conceptprism.nodes import NODE_CLASS_MAPPINGS
+
+CAPTURED = []
+
+
+def write_images(folder, n, size=80):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (size + 16 * i, size), (200, 30 * i, 40)).save(folder / f"{i:02}.png")
+    return folder
+
+
+def register_test_nodes(tiny):
+    class PrismTestTinyModels:  # loader nodes cannot be overridden by a pack: a test-only one under a new name
+        RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+        FUNCTION = "load"
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"family": (["sd15", "sd2v", "sdxl"],)}}
+
+        def load(self, family):
+            models = tiny(family)
+            return (models.model, models.clip, models.vae)
+
+    class PrismTestCapture:
+        RETURN_TYPES = ()
+        FUNCTION = "capture"
+        OUTPUT_NODE = True
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {}, "optional": {"latent": ("LATENT",), "image": ("IMAGE",)}}
+
+        def capture(self, latent=None, image=None):
+            CAPTURED.append(latent["samples"].clone() if latent is not None else image.clone())
+            return {}
+
+    host_nodes.NODE_CLASS_MAPPINGS.update(NODE_CLASS_MAPPINGS)
+    host_nodes.NODE_CLASS_MAPPINGS["PrismTestTinyModels"] = PrismTestTinyModels
+    host_nodes.NODE_CLASS_MAPPINGS["PrismTestCapture"] = PrismTestCapture
+
+
+def run_graph(graph):
+    server = fake_server()
+    executor = execution.PromptExecutor(server)
+    valid = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), graph, None))
+    assert valid[0], valid
+    executor.execute(graph, str(uuid.uuid4()), {"client_id": server.client_id}, valid[2])
+    return executor, server

@@ -1,0 +1,48 @@
+"""Host-only oracles and snapshots shared by the host tests (no pack code in here)."""
+from __future__ import annotations
+
+import torch
+
+import comfy.sample
+
+RES = 64
+
+
+def host_outputs(model, clip, seed: int = 5):
+    """(cond, pooled, sample): text encoding and sampling through the host's own paths (what any later
+    node would see)."""
+    with torch.inference_mode():
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a red ball"))
+        negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+        latent = torch.zeros(1, 4, RES // 8, RES // 8)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+        sample = comfy.sample.sample(model, noise, 3, 4.0, "euler", "normal", positive, negative, latent,
+                                     seed=seed, disable_pbar=True)
+    return positive[0][0].clone(), positive[0][1]["pooled_output"], sample.clone()
+
+
+def module_state(root: torch.nn.Module) -> dict:
+    """Every module's type, instance attributes, parameter identities and weight/bias function lists."""
+    return {name: (type(m), sorted(m.__dict__.keys()), [id(p) for p in m._parameters.values()],
+                   list(getattr(m, "weight_function", [])), list(getattr(m, "bias_function", [])))
+            for name, m in root.named_modules()}
+
+
+def oracle_cond(models, prompt: str, model=None):
+    """Conditioning exactly as CLIPTextEncode + the sampler would build it (host code only)."""
+    model = model or models.model
+    cond, pooled = models.clip.encode_from_tokens(models.clip.tokenize(prompt), return_pooled=True)
+    extra = {}
+    if models.family == "sdxl":
+        extra["y"] = model.model.encode_adm(pooled_output=pooled, width=RES, height=RES,
+                                            target_width=RES, target_height=RES, crop_w=0, crop_h=0)
+    return cond, extra
+
+
+def oracle_eps(model, z, sigma, eps, cond, extra):
+    """eps_hat from apply_model's x0_hat with the host's noise_scaling (x_t = z + sigma * eps for eps and
+    v models)."""
+    sampling = model.get_model_object("model_sampling")
+    x_t = sampling.noise_scaling(sigma, eps, z)
+    x0 = model.model.apply_model(x_t, sigma, c_crossattn=cond, **extra)
+    return (x_t - x0) / sigma.view(-1, 1, 1, 1)
