@@ -10,6 +10,12 @@ def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _validate(owner: str, checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"{owner}: {message}.")
+
+
 @dataclass(frozen=True)
 class TokenConfig:
     """Every knob of Algorithm 1 (paper Sec. 3.2-3.3). Defaults are the paper's, see METHOD.md."""
@@ -37,9 +43,7 @@ class TokenConfig:
             (self.gradient_accumulation >= 1, "gradient_accumulation must be at least 1"),
             (self.max_grad_norm >= 0, "max_grad_norm must be 0 or more"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"TokenConfig: {message}.")
+        _validate("TokenConfig", checks)
         if self.beta > 0 and self.residual_length == 0:
             raise ValueError(
                 "TokenConfig: beta > 0 needs residual tokens; set residual_length >= 1 or beta = 0."
@@ -77,9 +81,7 @@ class LoraConfig:
             (self.max_grad_norm >= 0, "max_grad_norm must be 0 or more"),
             (self.checkpoint_every >= 0, "checkpoint_every must be 0 or more"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"LoraConfig: {message}.")
+        _validate("LoraConfig", checks)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -62,3 +62,24 @@ def run_graph(graph):
     assert valid[0], valid
     executor.execute(graph, str(uuid.uuid4()), {"client_id": server.client_id}, valid[2])
     return executor, server
+
+
+def stage1_graph(folder, steps):
+    """Tiny loader -> Load Concept Set -> Optimize Prism Tokens -> Prism Conditioning -> KSampler -> capture (node "8")."""
+    return {
+        "1": {"class_type": "PrismTestTinyModels", "inputs": {"family": "sd15"}},
+        "2": {"class_type": "ConceptPrismLoadConceptSet", "inputs": {"folder": str(folder), "resolution": 64, "captions": ""}},
+        "3": {"class_type": "ConceptPrismOptimizePrismTokens", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "concept_set": ["2", 0], "target_length": 1,
+            "residual_length": 4, "beta": 0.05, "exclusion_set_size": 3, "learning_rate": 4e-4, "steps": steps,
+            "gradient_accumulation": 1, "caption_init": True, "seed": 0}},
+        "4": {"class_type": "ConceptPrismPrismConditioning", "inputs": {
+            "clip": ["1", 1], "tokens": ["3", 0], "text": "a photo of [V] on the beach", "placeholder": "[V]",
+            "mode": "target", "residual_index": 0}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0], "seed": 0,
+            "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "8": {"class_type": "PrismTestCapture", "inputs": {"latent": ["7", 0]}},
+    }

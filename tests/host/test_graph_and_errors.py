@@ -15,7 +15,7 @@ import comfy.utils  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
 from comfyui_conceptprism.nodes import NODE_CLASS_MAPPINGS  # noqa: E402
-from graph_helpers import CAPTURED, register_test_nodes, run_graph, write_images  # noqa: E402
+from graph_helpers import CAPTURED, register_test_nodes, run_graph, stage1_graph, write_images  # noqa: E402
 from comfyui_conceptprism.nodes.concept_set import LoadConceptSet  # noqa: E402
 from comfyui_conceptprism.nodes.conditioning import PrismConditioning  # noqa: E402
 from comfyui_conceptprism.prism_core.images import ConceptSetError  # noqa: E402
@@ -32,32 +32,12 @@ def test_host_loader_registers_every_node_with_tooltips():
                 assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
 
 
-def _graph(folder, steps):
-    return {
-        "1": {"class_type": "PrismTestTinyModels", "inputs": {"family": "sd15"}},
-        "2": {"class_type": "ConceptPrismLoadConceptSet", "inputs": {"folder": str(folder), "resolution": 64, "captions": ""}},
-        "3": {"class_type": "ConceptPrismOptimizePrismTokens", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "concept_set": ["2", 0], "target_length": 1,
-            "residual_length": 4, "beta": 0.05, "exclusion_set_size": 3, "learning_rate": 4e-4, "steps": steps,
-            "gradient_accumulation": 1, "caption_init": True, "seed": 0}},
-        "4": {"class_type": "ConceptPrismPrismConditioning", "inputs": {
-            "clip": ["1", 1], "tokens": ["3", 0], "text": "a photo of [V] on the beach", "placeholder": "[V]",
-            "mode": "target", "residual_index": 0}},
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
-        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "7": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0], "seed": 0,
-            "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "8": {"class_type": "PrismTestCapture", "inputs": {"latent": ["7", 0]}},
-    }
-
-
 def test_graph_runs_through_the_executor_and_cancel_stops_within_one_step(tiny, tmp_path):
     register_test_nodes(tiny)
     folder = write_images(tmp_path / "concept", 3)
     (folder / "00.txt").write_text("a red square on a plain background")
     CAPTURED.clear()
-    executor, server = run_graph(_graph(folder, steps=2))
+    executor, server = run_graph(stage1_graph(folder, steps=2))
     assert executor.success, server.messages
     assert len(CAPTURED) == 1 and CAPTURED[0].shape == (1, 4, 8, 8) and torch.isfinite(CAPTURED[0]).all()
 
@@ -69,7 +49,7 @@ def test_graph_runs_through_the_executor_and_cancel_stops_within_one_step(tiny, 
             comfy.model_management.interrupt_current_processing(True)
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        executor, server = run_graph(_graph(folder, steps=50))
+        executor, server = run_graph(stage1_graph(folder, steps=50))
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
         comfy.model_management.interrupt_current_processing(False)

@@ -20,7 +20,7 @@ import folder_paths  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
 from conftest import FAMILIES  # noqa: E402
-from graph_helpers import CAPTURED, register_test_nodes, run_graph, write_images  # noqa: E402
+from graph_helpers import CAPTURED, register_test_nodes, run_graph, stage1_graph, write_images  # noqa: E402
 from host_checks import RES, host_outputs, module_state, oracle_cond, oracle_eps  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
@@ -304,30 +304,15 @@ def test_graph_through_both_stages_runs_in_the_executor(tiny, tmp_path, lora_dir
     register_test_nodes(tiny)
     folder = write_images(tmp_path / "concept", 3)
     (folder / "00.txt").write_text("a red square on a plain background")
-    graph = {
-        "1": {"class_type": "PrismTestTinyModels", "inputs": {"family": "sd15"}},
-        "2": {"class_type": "ConceptPrismLoadConceptSet", "inputs": {"folder": str(folder), "resolution": 64, "captions": ""}},
-        "3": {"class_type": "ConceptPrismOptimizePrismTokens", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "concept_set": ["2", 0], "target_length": 1,
-            "residual_length": 4, "beta": 0.05, "exclusion_set_size": 3, "learning_rate": 4e-4, "steps": 2,
-            "gradient_accumulation": 1, "caption_init": True, "seed": 0}},
-        "4": {"class_type": "ConceptPrismPrismLoRATrain", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "concept_set": ["2", 0], "tokens": ["3", 0],
-            **_node_args(steps=2, gradient_accumulation=2)}},
-        "5": {"class_type": "ConceptPrismPrismConditioning", "inputs": {
-            "clip": ["1", 1], "tokens": ["3", 0], "text": "a photo of [V] on the beach", "placeholder": "[V]",
-            "mode": "target", "residual_index": 0}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
-        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "8": {"class_type": "KSampler", "inputs": {
-            "model": ["4", 0], "positive": ["5", 0], "negative": ["6", 0], "latent_image": ["7", 0], "seed": 0,
-            "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "9": {"class_type": "PrismTestCapture", "inputs": {"latent": ["8", 0]}},
-        "10": {"class_type": "ConceptPrismSavePrismLoRA", "inputs": {"lora": ["4", 1], "filename_prefix": "graph/concept",
-                                                                     "save_dtype": "float16"}},
-        "11": {"class_type": "ConceptPrismPrismLossGraph", "inputs": {"tokens": ["3", 0], "lora_loss": ["4", 2]}},
-        "12": {"class_type": "PrismTestCapture", "inputs": {"image": ["11", 0]}},
-    }
+    graph = stage1_graph(folder, steps=2)
+    graph["9"] = {"class_type": "ConceptPrismPrismLoRATrain", "inputs": {
+        "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "concept_set": ["2", 0], "tokens": ["3", 0],
+        **_node_args(steps=2, gradient_accumulation=2)}}
+    graph["7"]["inputs"]["model"] = ["9", 0]  # KSampler samples with the trained LoRA
+    graph["10"] = {"class_type": "ConceptPrismSavePrismLoRA", "inputs": {
+        "lora": ["9", 1], "filename_prefix": "graph/concept", "save_dtype": "float16"}}
+    graph["11"] = {"class_type": "ConceptPrismPrismLossGraph", "inputs": {"tokens": ["3", 0], "lora_loss": ["9", 2]}}
+    graph["12"] = {"class_type": "PrismTestCapture", "inputs": {"image": ["11", 0]}}
     CAPTURED.clear()
     executor, server = run_graph(graph)
     assert executor.success, server.messages

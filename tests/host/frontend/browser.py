@@ -1,0 +1,133 @@
+"""Headless Chromium through playwright-core (driver.cjs), from Python: find the tools, load workflows.
+
+Needs Debian's chromium (/usr/bin/chromium, or CHROMIUM_PATH) and the npm package playwright-core
+where Node finds it: NODE_PATH, ``npm install -g playwright-core``, or tests/host/frontend/node_modules
+(gitignored). No browser is ever downloaded. Without either, ``missing_tools()`` says what to install.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+INSTALL_HINT = "apt-get install -y chromium && npm install -g playwright-core"
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium, or the one CHROMIUM_PATH names."""
+    for candidate in (os.environ.get("CHROMIUM_PATH"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def node_env() -> dict[str, str]:
+    """The environment for `node`: NODE_PATH extended by the local and the global node_modules."""
+    paths = [p for p in os.environ.get("NODE_PATH", "").split(os.pathsep) if p] + [str(HERE / "node_modules")]
+    npm = shutil.which("npm")
+    if npm:
+        root = subprocess.run([npm, "root", "-g"], check=False, capture_output=True, text=True, timeout=30).stdout.strip()
+        if root:
+            paths.append(root)
+    return {**os.environ, "NODE_PATH": os.pathsep.join(paths)}
+
+
+def missing_tools() -> str | None:
+    """None when node, playwright-core and chromium are all here; else a skip reason naming the install."""
+    node = shutil.which("node")
+    if node is None:
+        return f"frontend checks skipped: Node.js not found (then: {INSTALL_HINT})"
+    if chromium_path() is None:
+        return f"frontend checks skipped: chromium not found (install: {INSTALL_HINT}, or set CHROMIUM_PATH)"
+    found = subprocess.run([node, "-e", "require.resolve('playwright-core')"], check=False, env=node_env(),
+                           capture_output=True, timeout=30)
+    if found.returncode != 0:
+        return f"frontend checks skipped: npm package playwright-core not found (install: {INSTALL_HINT})"
+    return None
+
+
+@dataclass
+class LoadReport:
+    """What the frontend showed and made of one workflow (see driver.cjs for how each is gathered)."""
+
+    name: str
+    startup: dict  # console errors, page errors and toasts/dialogs while the app started, before the load
+    ui: list[dict]  # toasts (with severity) and dialogs that appeared during the load: {kind, severity, text}
+    unknown_nodes: list[dict]  # {id, type} of nodes whose type the frontend has not registered
+    console_errors: list[dict]
+    page_errors: list[str]
+    screenshot_errors: list  # logged while fitting the view for the screenshot (the harness's step, not checked)
+    native_dialogs: list[dict]  # window.alert/confirm/prompt
+    failed_requests: list[dict]  # context for console errors: {url, failure}
+    prompt: dict | None  # app.graphToPrompt().output: the API-format prompt
+    workflow: dict | None  # app.graphToPrompt().workflow: the graph as the frontend would save it
+    prompt_error: str | None
+    screenshot: Path | None
+    times_ms: dict[str, int]  # since the page opened: page, app (ready), idle, loaded, checked, screenshot
+
+    def problems(self) -> list[str]:
+        """Everything that fails a shipped workflow, one line each."""
+        lines = [f"missing node type {n['type']!r} (node {n['id']})" for n in self.unknown_nodes]
+        # Toasts and dialogs count from start-up on (a user sees them); start-up's console and page
+        # errors do not: frontend 1.27.10 logs some on every fresh start, whatever the workflow.
+        lines += [f"at start-up, {m['kind']} ({m['severity'] or 'dialog'}): {m['text']}" for m in self.startup["ui"]]
+        lines += [f"{m['kind']} ({m['severity'] or 'dialog'}): {m['text']}" for m in self.ui]
+        lines += [f"console error: {e['text']}" for e in self.console_errors]
+        lines += [f"page error: {e}" for e in self.page_errors]
+        lines += [f"native {d['type']}: {d['message']}" for d in self.native_dialogs]
+        if self.prompt_error:
+            lines.append(f"graphToPrompt failed: {self.prompt_error}")
+        return lines
+
+
+class FrontendBrowser:
+    """One headless Chromium (one persistent profile) for the session; one fresh page per workflow."""
+
+    def __init__(self, url: str, profile: Path, ready_timeout_s: float = 90.0, settle_ms: int = 700):
+        config = {"url": url, "userDataDir": str(profile), "chromium": chromium_path(),
+                  "readyTimeoutMs": int(ready_timeout_s * 1000), "settleMs": settle_ms}
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        self._log = (profile.parent / "driver.log").open("w")
+        self._process = subprocess.Popen(["node", str(HERE / "driver.cjs"), json.dumps(config)], env=node_env(),
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.version = self._answer()["browser"]
+
+    def _answer(self) -> dict:
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"driver.cjs exited ({self._process.poll()}); see {self._log.name}")
+        answer = json.loads(line)
+        if not answer["ok"]:
+            raise RuntimeError(f"driver.cjs: {answer['error']}")
+        return answer["result"]
+
+    def load(self, name: str, *, workflow: dict | None = None, template: str | None = None,
+             screenshot: Path | None = None) -> LoadReport:
+        """Load `workflow` (a UI-format graph) or `template` ("<custom node folder>/<file stem>", fetched
+        from the server as the template browser does) in a fresh page; report what the frontend did."""
+        if screenshot:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+        command = {"cmd": "load", "name": name, "workflow": workflow, "template": template,
+                   "screenshot": str(screenshot) if screenshot else None}
+        self._process.stdin.write(json.dumps(command) + "\n")
+        self._process.stdin.flush()
+        r = self._answer()
+        return LoadReport(name, r["startup"], r["ui"], r["unknownNodes"], r["consoleErrors"], r["pageErrors"],
+                          r["screenshotErrors"], r["nativeDialogs"], r["failedRequests"], r["prompt"], r["workflow"], r["promptError"],
+                          screenshot, r["times"])
+
+    def close(self) -> None:
+        """Quit the driver (it closes Chromium); kill only it if it does not answer."""
+        if self._process.poll() is None:
+            try:
+                self._process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self._process.stdin.close()
+                self._process.wait(timeout=20)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+                self._process.wait()
+        self._log.close()

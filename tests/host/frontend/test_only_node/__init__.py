@@ -1,0 +1,55 @@
+"""TEST-ONLY ComfyUI custom node: PrismTestTinyCheckpointLoader. Never part of the shipped pack.
+
+The frontend harness links this folder into the ``custom_nodes`` of a temporary ComfyUI base
+directory (beside a link to the pack), so only the test server ever loads it. It returns the
+in-process tiny MODEL/CLIP/VAE of one family from ``tests/host/tiny_models.py``, in the same
+output order as CheckpointLoaderSimple, so a shipped workflow's checkpoint loader can be swapped
+for it without touching any link.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import folder_paths
+
+_TINY_MODELS_PATH = Path(__file__).resolve().parents[2] / "tiny_models.py"
+_MODELS: dict[str, object] = {}
+
+
+def _tiny_models_module():
+    """Import tests/host/tiny_models.py by path: tests/host is not on the server's sys.path."""
+    name = "prism_test_tiny_models"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, _TINY_MODELS_PATH)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up in sys.modules while executing it
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+class PrismTestTinyCheckpointLoader:
+    """Stands in for CheckpointLoaderSimple: (MODEL, CLIP, VAE) of a tiny model of `family`."""
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "testing"
+    DESCRIPTION = "Test-only: tiny in-process models of one family (never shipped)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": (["sd15", "sd2v", "sdxl"], {"tooltip": "tiny model family"})}}
+
+    def load(self, family: str):
+        # Built once per server: SDXL's real-width text encoders take seconds. The CLIP reads
+        # `embedding:` words from the server's embeddings folder, as a real checkpoint's would.
+        if family not in _MODELS:
+            embeddings = folder_paths.get_folder_paths("embeddings")
+            _MODELS[family] = _tiny_models_module().build(family, 0, embedding_directory=embeddings)
+        models = _MODELS[family]
+        return (models.model, models.clip, models.vae)
+
+
+NODE_CLASS_MAPPINGS = {"PrismTestTinyCheckpointLoader": PrismTestTinyCheckpointLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"PrismTestTinyCheckpointLoader": "Prism Test Tiny Checkpoint Loader (test only)"}

@@ -1,0 +1,206 @@
+"""Workflow files in the real ComfyUI frontend, then queued on a CPU server (issue 4's checks).
+
+One ComfyUI server (`main.py --cpu`, temporary base directory, the pack plus a test-only tiny
+checkpoint loader) and one headless Chromium serve the whole module. Each workflow is loaded in
+a fresh page the way the template browser or a drag-and-drop does; it must show no missing node
+type, no toast or dialog (the frontend's schema check reports through an "Alert" toast), no console
+or page error. The frontend's own graph-to-prompt output is then queued with tiny models in place
+of checkpoints and lowered steps/resolution, every change printed (see `pytest -rP` or `-s`).
+Screenshots land in tests/host/frontend/screenshots/.
+
+Needs the host (COMFYUI_PATH) and, beyond it, Debian's chromium and the npm package playwright-core;
+without them the module skips and says what to install.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from host_setup import PACK_ROOT, find_host, require_host
+
+require_host()
+
+from frontend.browser import FrontendBrowser, LoadReport, missing_tools  # noqa: E402
+from frontend.prompt_run import RunResult, family_for, run_prompt, substitute  # noqa: E402
+from frontend.server import PACK_FOLDER, TEST_LOADER, TEST_NODE_FOLDER, ComfyServer, make_base_directory  # noqa: E402
+
+_MISSING_TOOLS = missing_tools()
+if _MISSING_TOOLS:
+    pytest.skip(_MISSING_TOOLS, allow_module_level=True)
+
+FIXTURES = Path(__file__).resolve().parent / "frontend" / "fixtures"
+SCREENSHOTS = Path(__file__).resolve().parent / "frontend" / "screenshots"
+SHIPPED = sorted((PACK_ROOT / "workflows").glob("*.json"))
+
+# Lowered widgets for CPU runs on tiny models: sampling and training steps, image sizes.
+LOWER = {"steps": 2, "width": 64, "height": 64, "resolution": 64}
+
+
+@dataclass
+class WorkflowCase:
+    """What one shipped workflow needs and must produce. Keyed by file stem in WORKFLOW_CASES."""
+
+    family: str | None = None  # tiny model family; None: from the file name (frontend.prompt_run.family_for)
+    overrides: dict[str, object] = field(default_factory=lambda: dict(LOWER))
+    concept_images: int = 3  # images written into input/<folder> of each Load Concept Set node
+    expected_outputs: dict[str, int] = field(default_factory=dict)  # node class -> least number of output items
+    expected_files: list[str] = field(default_factory=list)  # globs under the base directory, new files only
+    timeout: float = 300.0
+    # Called with the server's base directory before the run, to put files the workflow expects in
+    # place (e.g. the embedding and LoRA that use_saved_concept loads); it should print what it does.
+    prepare: Callable[[Path], None] | None = None
+
+
+# Fill in per shipped file (issue 4: images, embedding file, LoRA file, loss graph). A file not listed
+# runs with the defaults and only has to finish with some output.
+WORKFLOW_CASES: dict[str, WorkflowCase] = {
+    "conceptprism_sd15": WorkflowCase(expected_outputs={}, expected_files=[]),
+    "conceptprism_sd21": WorkflowCase(expected_outputs={}, expected_files=[]),
+    "conceptprism_sdxl": WorkflowCase(expected_outputs={}, expected_files=[]),
+    "use_saved_concept": WorkflowCase(expected_outputs={}, expected_files=[]),
+}
+
+
+@dataclass
+class Frontend:
+    """The module's server (its base directory is server.base) and browser."""
+
+    server: ComfyServer
+    browser: FrontendBrowser
+
+    def load(self, name: str, **source) -> LoadReport:
+        """Load a workflow (workflow=dict or template="<folder>/<stem>"), screenshot it, print a summary."""
+        start = time.monotonic()
+        report = self.browser.load(name, screenshot=SCREENSHOTS / f"{name}.png", **source)
+        print(f"[{name}] loaded in {time.monotonic() - start:.1f} s (ms since page open: {report.times_ms}); "
+              f"screenshot {report.screenshot}")
+        startup = report.startup
+        print(f"[{name}] frontend start-up, before the load (not checked but toasts/dialogs): "
+              f"{len(startup['consoleErrors'])} console errors, page errors "
+              f"{[e.splitlines()[0] for e in startup['pageErrors']]}")
+        for line in report.problems():
+            print(f"[{name}] PROBLEM {line}")
+        return report
+
+
+@pytest.fixture(scope="module")
+def frontend(tmp_path_factory) -> Iterator[Frontend]:
+    base = make_base_directory(tmp_path_factory.mktemp("comfy_base"))
+    server = ComfyServer(find_host(), base)
+    start = time.monotonic()
+    try:
+        server.start()
+        print(f"ComfyUI up at {server.url} in {time.monotonic() - start:.1f} s (log {server.log_path})")
+        browser = FrontendBrowser(server.url, tmp_path_factory.mktemp("chromium") / "profile")
+        try:
+            yield Frontend(server, browser)
+        finally:
+            browser.close()
+    finally:
+        server.stop()
+
+
+def assert_loads_cleanly(report: LoadReport) -> None:
+    """The issue's load check: nothing missing, nothing shown, nothing logged, and a prompt came out."""
+    problems = report.problems()
+    if report.prompt is None and not report.prompt_error:
+        problems.append("graphToPrompt returned no prompt")
+    context = "".join(f"\n  request {r['url']}: {r['failure']}" for r in report.failed_requests)
+    assert not problems, f"{report.name} did not load cleanly:\n  " + "\n  ".join(problems) + context
+
+
+def run_with_tiny_models(frontend: Frontend, report: LoadReport, family: str, overrides: dict[str, object],
+                         timeout: float = 180.0) -> tuple[dict, RunResult]:
+    """Queue the frontend's prompt with the allowed substitutions; print them and how the run ended."""
+    prompt = substitute(report.prompt, family, overrides, log=lambda line: print(f"[{report.name}] {line}"))
+    result = run_prompt(frontend.server, prompt, report.workflow, timeout=timeout)
+    print(f"[{report.name}] run {result.status} in {result.seconds:.1f} s; outputs {result.outputs_by_class(prompt)}")
+    for error in result.errors:
+        print(f"[{report.name}] ERROR {error}")
+    return prompt, result
+
+
+def _files(base: Path) -> set[Path]:
+    return {p for folder in ("output", "models") for p in (base / folder).rglob("*") if p.is_file()}
+
+
+def write_concept_images(prompt: dict, input_dir: Path, count: int) -> None:
+    """Give every Load Concept Set node the folder it names, under input/, with `count` small images."""
+    from PIL import Image
+
+    for node_id, node in prompt.items():
+        folder = node["inputs"].get("folder")
+        if node["class_type"] == "ConceptPrismLoadConceptSet" and isinstance(folder, str) and folder:
+            target = input_dir / folder
+            target.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (96 + 16 * i, 96), (200, 40 * i, 60)).save(target / f"{i:02}.png")
+            print(f"test data: {count} images in input/{folder} for node {node_id}")
+
+
+def test_server_loads_the_pack_and_the_test_only_node(frontend: Frontend):
+    pack_nodes = frontend.server.loaded_from(PACK_FOLDER)
+    print(f"ComfyUI's loader registered from custom_nodes/{PACK_FOLDER}: {pack_nodes}")
+    assert pack_nodes and all(name.startswith("ConceptPrism") for name in pack_nodes)
+    assert frontend.server.loaded_from(TEST_NODE_FOLDER) == [TEST_LOADER]
+
+
+def test_stock_workflow_loads_cleanly_and_runs_on_tiny_models(frontend: Frontend):
+    workflow = json.loads((FIXTURES / "stock_txt2img.json").read_text())
+    report = frontend.load("stock_txt2img", workflow=workflow)
+    assert_loads_cleanly(report)
+    assert sorted(n["class_type"] for n in report.prompt.values()) == sorted(n["type"] for n in workflow["nodes"])
+    before = _files(frontend.server.base)
+    prompt, result = run_with_tiny_models(frontend, report, "sd15", LOWER)
+    assert result.status == "success" and not result.errors, result.errors
+    assert [n["class_type"] for n in prompt.values()].count(TEST_LOADER) == 1
+    assert result.outputs_by_class(prompt) == {"SaveImage": 1}
+    assert [p.suffix for p in _files(frontend.server.base) - before] == [".png"]
+
+
+def test_unknown_node_type_fails_the_load_check(frontend: Frontend):
+    report = frontend.load("unknown_node", workflow=json.loads((FIXTURES / "unknown_node.json").read_text()))
+    assert report.unknown_nodes == [{"id": 10, "type": "PrismTestNoSuchNode"}]
+    # The frontend's own "Some Nodes Are Missing" dialog names it too.
+    assert any(m["kind"] == "dialog" and "PrismTestNoSuchNode" in m["text"] for m in report.ui), report.ui
+    with pytest.raises(AssertionError, match="missing node type 'PrismTestNoSuchNode'"):
+        assert_loads_cleanly(report)
+
+
+def test_schema_violation_fails_the_load_check(frontend: Frontend):
+    report = frontend.load("invalid_link", workflow=json.loads((FIXTURES / "invalid_link.json").read_text()))
+    # The frontend validates against its zod schema and says so in a warning toast, then loads anyway.
+    assert any(m["kind"] == "toast" and "zod schema" in m["text"] for m in report.ui), report.ui
+    with pytest.raises(AssertionError, match="Invalid workflow against zod schema"):
+        assert_loads_cleanly(report)
+
+
+@pytest.mark.parametrize("path", SHIPPED or [pytest.param(None, marks=pytest.mark.skip(
+    reason="no workflows/*.json shipped yet"))], ids=lambda p: p.stem if p else "none")
+def test_shipped_workflow_loads_from_the_template_browser_and_runs(frontend: Frontend, path: Path):
+    case = WORKFLOW_CASES.get(path.stem, WorkflowCase())
+    family = case.family or family_for(path)
+    templates = frontend.server.get("/workflow_templates")
+    assert path.stem in templates.get(PACK_FOLDER, []), f"the template browser does not list {path.name}: {templates}"
+    report = frontend.load(path.stem, template=f"{PACK_FOLDER}/{path.stem}")
+    assert_loads_cleanly(report)
+
+    write_concept_images(report.prompt, frontend.server.base / "input", case.concept_images)
+    if case.prepare:
+        case.prepare(frontend.server.base)
+    before = _files(frontend.server.base)
+    prompt, result = run_with_tiny_models(frontend, report, family, case.overrides, case.timeout)
+    assert result.status == "success" and not result.errors, "\n".join(result.errors)
+    outputs = result.outputs_by_class(prompt)
+    assert outputs, "the run produced no output"
+    for class_type, least in case.expected_outputs.items():
+        assert outputs.get(class_type, 0) >= least, f"{class_type}: {outputs.get(class_type, 0)} outputs, expected {least}+"
+    new = sorted(p.relative_to(frontend.server.base) for p in _files(frontend.server.base) - before)
+    print(f"[{path.stem}] new files: {[str(p) for p in new]}")
+    for pattern in case.expected_files:
+        assert any(p.match(pattern) for p in new), f"no new file matches {pattern!r}: {new}"
