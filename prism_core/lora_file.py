@@ -70,6 +70,11 @@ class BaseFamily:
     kohya_version: str    # ss_base_model_version
     modelspec: str        # modelspec.architecture
 
+    @property
+    def label(self) -> str:
+        """'sd15', 'sd2', 'sd2-v', 'sdxl': the header's conceptprism.family."""
+        return self.name + ("-v" if self.v_prediction else "")
+
 
 def token_summary(tokens: PrismTokens) -> dict[str, Any]:
     """The token bank as header JSON: the target vectors in full (base64 float32 little-endian),
@@ -111,7 +116,7 @@ def lora_metadata(family: BaseFamily, rank: int, alpha: float, steps: int, setti
         "modelspec.architecture": family.modelspec,
         "modelspec.title": "ConceptPrism concept LoRA",
         "conceptprism.format": FORMAT,
-        "conceptprism.family": family.name + ("-v" if family.v_prediction else ""),
+        "conceptprism.family": family.label,
         "conceptprism.rank": str(rank),
         "conceptprism.alpha": str(float(alpha)),
         "conceptprism.steps": str(steps),

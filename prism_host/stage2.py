@@ -104,9 +104,9 @@ def train_concept_lora(
     start_step, earlier_loss = 0, []
     if resume is not None:
         start_step, earlier_loss = resume.steps, resume.loss
-        if resume.metadata.get("conceptprism.family") != family.name + ("-v" if family.v_prediction else ""):
+        if resume.metadata.get("conceptprism.family") != family.label:
             raise ValueError(f"The LoRA to resume was trained on {resume.metadata.get('conceptprism.family')}, this MODEL is "
-                             f"{family.name}. Pick a LoRA trained on this family, or set resume_from to none.")
+                             f"{family.label}. Pick a LoRA trained on this family, or set resume_from to none.")
     with torch.inference_mode(False):
         conds = training_conditionings(model, clip, tokens, concept.resolution)
         latents = encode_latents(model, vae, concept.images.clone())
