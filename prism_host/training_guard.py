@@ -28,10 +28,15 @@ def _copy_made_by_host(weight: torch.Tensor) -> torch.Tensor:
 
 
 def with_weight_copies(patcher: Any) -> Any:
-    """A clone of `patcher` whose modules holding inference-tensor weights copy them per forward."""
+    """A clone of `patcher` whose modules holding inference-tensor weights copy them per forward.
+
+    Embedding tables are left alone: F.embedding saves only the ids for backward, never the table,
+    and the learned vectors are spliced in after the lookup, so an inference-tensor table works as
+    it is (copying the 49408-row vocabulary on every encoding cost ~5% of a Stage 1 step, bench/RESULTS.md).
+    """
     clone = patcher.clone()
     for name, module in clone.model.named_modules():
-        if not hasattr(module, "weight_function"):
+        if not hasattr(module, "weight_function") or isinstance(module, torch.nn.Embedding):
             continue
         for kind in ("weight", "bias"):  # layer_norm saves its bias for backward too
             tensor = getattr(module, kind, None)
