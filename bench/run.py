@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""ConceptPrism benchmarks, one entry point:
+
+    COMFYUI_PATH=/path/to/ComfyUI python bench/run.py stage1 [options]
+
+Subcommands are modules of this folder listed in SUBCOMMANDS; each provides HELP,
+add_arguments(parser) and main(args) -> exit code. See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pathlib
+import sys
+import types
+
+BENCH = pathlib.Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PACKAGE = "comfyui_conceptprism"
+
+# subcommand -> module of bench/ (a `stage2` entry is added the same way)
+SUBCOMMANDS = {"stage1": "stage1"}
+
+
+def register_package() -> None:
+    """Import this repository as the package ComfyUI would load it as, without running its
+    __init__ (which needs a running host), as tests/conftest.py does. The bench folder itself is
+    taken off sys.path so that its module names cannot shadow the host's."""
+    sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != BENCH]
+    if PACKAGE not in sys.modules:
+        package = types.ModuleType(PACKAGE)
+        package.__path__ = [str(ROOT)]
+        package.__file__ = str(ROOT / "__init__.py")
+        sys.modules[PACKAGE] = package
+
+
+def main(argv: list[str] | None = None) -> int:
+    register_package()
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(f"{PACKAGE}.bench.{module_name}")
+        sub = commands.add_parser(name, help=module.HELP, description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.main)
+    args = parser.parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
