@@ -23,7 +23,7 @@ class LoadConceptSet:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "folder": ("STRING", {"default": "concept", "tooltip": "Folder of reference images: a subfolder of ComfyUI's input directory or an absolute path. Captions come from <image name>.txt files beside the images. Ignored when 'images' is connected."}),
+                "folder": ("STRING", {"default": "conceptprism/my_concept", "tooltip": "Folder of reference images: a subfolder of ComfyUI's input directory or an absolute path. Captions come from <image name>.txt files beside the images. Ignored when 'images' is connected."}),
                 "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Training resolution: images are scaled so the short side fits and center-cropped to a square. 512 for SD1.5/SD2.1-base, 768 for SD2.1-768-v, 1024 for SDXL."}),
                 "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Optional: one caption per line, one line per image in file-name order (8-32 words describing the whole image). Overrides sidecar .txt files. Leave empty to use them."}),
             },

@@ -54,7 +54,7 @@ class PrismLoRATrain:
             "optional": {
                 "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Most micro-steps sharing one model call. Lower it if you run out of memory; results do not change."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, slower. Results do not change."}),
-                "training_dtype": (list(TRAINING_DTYPES), {"default": "float32", "tooltip": "Autocast precision for the diffusion model on GPU (bfloat16 saves memory and time on recent cards). The LoRA weights always stay float32."}),
+                "training_dtype": (list(TRAINING_DTYPES), {"default": "float32", "tooltip": "Autocast precision for the diffusion model on a GPU (bfloat16 saves memory and time on recent cards); on the CPU training stays float32. The LoRA weights always stay float32."}),
                 "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": _tip("checkpoint_every")}),
                 "checkpoint_prefix": ("STRING", {"default": "conceptprism/concept_lora", "tooltip": "Name (and optional subfolder) in models/loras for checkpoints; '_stepNNNN' and a counter are appended."}),
                 "resume_from": ([NO_RESUME] + folder_paths.get_filename_list("loras"), {"default": NO_RESUME, "tooltip": "Continue a LoRA saved by Save Prism LoRA (or a checkpoint): its weights, rank, alpha and step count carry on; 'steps' more steps are trained."}),

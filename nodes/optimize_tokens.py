@@ -43,7 +43,7 @@ class OptimizePrismTokens:
             "optional": {
                 "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Most samples sharing one model call (reconstruction + anchors). Lower it if you run out of memory; results do not change."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, about 30% slower. Results do not change."}),
-                "training_dtype": (list(TRAINING_DTYPES), {"default": "float32", "tooltip": "Autocast precision for the diffusion model on GPU (bfloat16 saves memory and time on recent cards). The token vectors always stay float32."}),
+                "training_dtype": (list(TRAINING_DTYPES), {"default": "float32", "tooltip": "Autocast precision for the diffusion model on a GPU (bfloat16 saves memory and time on recent cards); on the CPU training stays float32. The token vectors always stay float32."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

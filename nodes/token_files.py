@@ -35,7 +35,7 @@ class SavePrismEmbedding:
     def save(self, tokens: PrismTokens, filename_prefix: str):
         root = first_folder("embeddings")
         path = save_new_safetensors(root, filename_prefix, tokens.embedding_tensors(),
-                                    {"conceptprism.family": tokens.family})
+                                    {"conceptprism.text_encoders": tokens.family})
         word = "embedding:" + _name_in(root, path.with_suffix(""))
         return {"ui": {"text": [word]}, "result": (word,)}
 

@@ -39,7 +39,8 @@ class NoisePredictor:
         self.patcher = patcher
         self.sampling = patcher.get_model_object("model_sampling")
         self.num_timesteps = int(self.sampling.sigmas.shape[0])
-        self.autocast_dtype = TRAINING_DTYPES[training_dtype]
+        # Reduced precision is for accelerators; on the CPU it is slower, so training stays float32 there.
+        self.autocast_dtype = TRAINING_DTYPES[training_dtype] if patcher.load_device.type != "cpu" else None
         self.device = patcher.load_device
         self.transformer_options = dict(patcher.model_options.get("transformer_options", {}))
 

@@ -50,6 +50,9 @@ def missing_tools() -> str | None:
     return None
 
 
+
+STARTUP_RESOURCES = ("/user.css", "/api/userdata", "comfy.templates.json", "favicon.ico")
+
 @dataclass
 class LoadReport:
     """What the frontend showed and made of one workflow (see driver.cjs for how each is gathered)."""
@@ -69,6 +72,13 @@ class LoadReport:
     screenshot: Path | None
     times_ms: dict[str, int]  # since the page opened: page, app (ready), idle, loaded, checked, screenshot
 
+    def _startup_404(self, error: dict) -> bool:
+        """A 'Failed to load resource' whose failed requests are all the frontend's own start-up files
+        (user.css, userdata listings, the templates index, the favicon): these 404 on every fresh start,
+        and Chromium's console line does not say which request it was, so it can land after the load."""
+        return (error["text"].startswith("Failed to load resource") and bool(self.failed_requests)
+                and all(any(part in r["url"] for part in STARTUP_RESOURCES) for r in self.failed_requests))
+
     def problems(self) -> list[str]:
         """Everything that fails a shipped workflow, one line each."""
         lines = [f"missing node type {n['type']!r} (node {n['id']})" for n in self.unknown_nodes]
@@ -76,7 +86,7 @@ class LoadReport:
         # errors do not: frontend 1.27.10 logs some on every fresh start, whatever the workflow.
         lines += [f"at start-up, {m['kind']} ({m['severity'] or 'dialog'}): {m['text']}" for m in self.startup["ui"]]
         lines += [f"{m['kind']} ({m['severity'] or 'dialog'}): {m['text']}" for m in self.ui]
-        lines += [f"console error: {e['text']}" for e in self.console_errors]
+        lines += [f"console error: {e['text']}" for e in self.console_errors if not self._startup_404(e)]
         lines += [f"page error: {e}" for e in self.page_errors]
         lines += [f"native {d['type']}: {d['message']}" for d in self.native_dialogs]
         if self.prompt_error:

@@ -35,6 +35,7 @@ _SETTINGS = {
     "Comfy.Validation.Workflows": True,
     "Comfy.Workflow.ShowMissingNodesWarning": True,
     "Comfy.Workflow.ShowMissingModelsWarning": True,
+    "LiteGraph.Canvas.MinFontSizeForLOD": 0,  # draw node text even at the zoom that fits a whole workflow
 }
 
 
