@@ -18,8 +18,8 @@ BENCH = pathlib.Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PACKAGE = "comfyui_conceptprism"
 
-# subcommand -> module of bench/ (a `stage2` entry is added the same way)
-SUBCOMMANDS = {"stage1": "stage1"}
+# subcommand -> module of bench/
+SUBCOMMANDS = {"stage1": "stage1", "stage2": "stage2"}
 
 
 def register_package() -> None:
