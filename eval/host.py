@@ -15,7 +15,6 @@ from pathlib import Path
 EVAL_DIR = Path(__file__).resolve().parent
 PACK_ROOT = EVAL_DIR.parent
 PACKAGE = "comfyui_conceptprism"
-DEFAULT_HOST = Path("/work/host/ComfyUI")
 ARTIFACTS = EVAL_DIR / "artifacts"
 
 
@@ -30,12 +29,16 @@ def single_thread() -> None:
 
 
 def setup_host() -> Path:
-    """Put the ComfyUI checkout (COMFYUI_PATH, else /work/host/ComfyUI) on sys.path, force the CPU,
-    register the pack as a package, and return the host path."""
+    """Put the ComfyUI checkout named by COMFYUI_PATH on sys.path, force the CPU, register the pack
+    as a package, and return the host path."""
     single_thread()
-    host = Path(os.environ.get("COMFYUI_PATH", DEFAULT_HOST)).expanduser().resolve()
+    if not os.environ.get("COMFYUI_PATH"):
+        raise SystemExit("COMFYUI_PATH is not set: set it to a ComfyUI checkout (the folder with main.py), "
+                         "e.g. COMFYUI_PATH=~/ComfyUI python eval/run_table2.py")
+    host = Path(os.environ["COMFYUI_PATH"]).expanduser().resolve()
     if not (host / "comfy" / "model_management.py").is_file():
-        raise RuntimeError(f"No ComfyUI checkout at {host}: set COMFYUI_PATH to one.")
+        raise SystemExit(f"COMFYUI_PATH={host} is not a ComfyUI checkout (no comfy/model_management.py): "
+                         "point it at the folder that holds ComfyUI's main.py.")
     if str(host) not in sys.path:
         sys.path.insert(0, str(host))
     import comfy.cli_args

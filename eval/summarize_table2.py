@@ -53,6 +53,20 @@ def paired(records: list[dict], stage: str, metric: str, a: str, b: str) -> dict
     return {"difference": round(mean, 4), "ci95": [round(low, 4), round(high, 4)], "units": len(keys)}
 
 
+def paired_images(records: list[dict], stage: str, metric: str, a: str, b: str) -> dict[str, Any] | None:
+    """Bootstrap CI of config a - config b over paired '[V] on <new background>' images (same concept,
+    seed, prompt and noise): the host-tier test's statistic, on every unit."""
+    def table(config: str) -> dict[tuple[str, int], list[float]]:
+        return {(r["concept"], r["seed"]): r[stage]["per_image"][metric] for r in records
+                if r["config"] == config and stage in r and "per_image" in r[stage]}
+    ta, tb = table(a), table(b)
+    keys = sorted(set(ta) & set(tb))
+    if not keys:
+        return None
+    mean, low, high = metrics.bootstrap_difference(np.concatenate([ta[k] for k in keys]), np.concatenate([tb[k] for k in keys]))
+    return {"difference": round(mean, 4), "ci95": [round(low, 4), round(high, 4)], "images": sum(len(ta[k]) for k in keys)}
+
+
 def summarize(folder: Path, budget: Any = None, configs: list[str] | None = None) -> str:
     records = load_units(folder)
     configs = configs or sorted({r["config"] for r in records})
@@ -74,13 +88,23 @@ def summarize(folder: Path, budget: Any = None, configs: list[str] | None = None
             split = f"{cell(row['fidelity_held_out'])} / {cell(row['fidelity_seen'])}"
             lines.append(f"| {config} | {STAGES[stage]} | {cell(row['fidelity'])} | {cell(row['alignment'])} | "
                          f"{cell(row['res_no_object'])} | {cell(row['res_background'])} | {split} |")
+    lines += ["", "Every seed (mean over concepts), seed 0 / 1 / 2:", "",
+              "| configuration | stage | " + " | ".join(MAIN_METRICS) + " |", "|---|---|" + "---|" * len(MAIN_METRICS)]
+    for key, row in summary["rows"].items():
+        config, stage = key.split("/")
+        seeds = [" / ".join(f"{v:.3f}" for v in row[m].get("per_seed", {}).values()) or "-" for m in MAIN_METRICS]
+        lines.append(f"| {config} | {STAGES[stage]} | " + " | ".join(seeds) + " |")
     summary["full_minus_target_only"] = {f"{stage}/{m}": paired(records, stage, m, "full", "target_only")
                                          for stage in ("tokens", "lora") for m in ("fidelity", "alignment")}
-    lines.append("")
-    lines.append("full - target_only (paired bootstrap over (concept, seed), 95% CI):")
-    for key, value in summary["full_minus_target_only"].items():
-        if value:
-            lines.append(f"- {key}: {value['difference']:+.3f} [{value['ci95'][0]:+.3f}, {value['ci95'][1]:+.3f}] ({value['units']} units)")
+    summary["full_minus_target_only_images"] = {f"{stage}/{m}": paired_images(records, stage, m, "full", "target_only")
+                                                for stage in ("tokens", "lora") for m in ("fidelity", "alignment")}
+    for title, key, unit in (("(concept, seed) units", "full_minus_target_only", "units"),
+                             ("images (same prompt and noise)", "full_minus_target_only_images", "images")):
+        lines += ["", f"full - target_only, paired bootstrap over {title}, 95% CI:"]
+        for name, value in summary[key].items():
+            if value:
+                lines.append(f"- {name}: {value['difference']:+.3f} [{value['ci95'][0]:+.3f}, {value['ci95'][1]:+.3f}] "
+                             f"({value[unit]} {unit})")
     text = "\n".join(lines) + "\n"
     (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (folder / "summary.md").write_text(text)
