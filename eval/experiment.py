@@ -116,9 +116,10 @@ def score(wm: WorldModel, net: classifiers.AttributeNet, tokens: PrismTokens | N
 
 
 def run_unit(wm: WorldModel, net: classifiers.AttributeNet, index: int, config_name: str, seed: int, budget: Budget,
-             stage2: bool = True) -> dict:
+             stage2: bool = True, token_overrides: dict[str, Any] | None = None) -> dict:
     """The unit's record: the scores after Stage 1 ('tokens') and after Stage 2 ('lora', unless
-    `stage2` is False), the loss curves and the seconds each part took. `index` into concepts.CONCEPTS."""
+    `stage2` is False), the loss curves and the seconds each part took. `index` into concepts.CONCEPTS;
+    `token_overrides`: TokenConfig fields set on top of the configuration (diagnostics only)."""
     concept, scene_list, concept_set = concept_set_for(index)
     gen_seed = generation_seed(seed, index)
     record: dict = {"concept": concept.name, "held_out": concept.held_out, "config": config_name, "seed": seed,
@@ -130,7 +131,8 @@ def run_unit(wm: WorldModel, net: classifiers.AttributeNet, index: int, config_n
         return record
     token_config = TokenConfig(**{**TABLE2_CONFIGURATIONS[config_name], "steps": budget.stage1_steps,
                                   "learning_rate": budget.stage1_learning_rate,
-                                  "gradient_accumulation": budget.stage1_accumulation, "seed": seed})
+                                  "gradient_accumulation": budget.stage1_accumulation, "seed": seed,
+                                  **(token_overrides or {})})
     t0 = time.time()
     tokens = learn_tokens(wm.model, wm.clip, wm.vae, concept_set, token_config, RunOptions())
     t1 = time.time()
