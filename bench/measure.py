@@ -1,7 +1,10 @@
-"""Timers, process memory and summary statistics shared by the benchmarks."""
+"""Timers, process memory, summary statistics and the command line shared by the benchmarks."""
 from __future__ import annotations
 
+import argparse
+import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -9,6 +12,7 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from typing import Any, Callable, Iterator, Sequence
@@ -122,3 +126,43 @@ def machine_description(host: str) -> dict[str, Any]:
 def dump_json(path: str, data: Any) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=1, default=str)
+
+
+# -- command line and memory subprocesses, the same for every stage ---------------------------------
+def add_settings_arguments(parser: argparse.ArgumentParser, settings_type: type, memory_default: str) -> None:
+    """--memory, --memory-parallel, one int option per field of the stage's Settings dataclass (its
+    default as the default), --json, and the hidden --worker that run_memory's subprocesses get."""
+    defaults = settings_type()
+    parser.add_argument("--memory", default=memory_default, help="variants to measure peak memory of ('' = none)")
+    parser.add_argument("--memory-parallel", type=int, default=2, help="memory subprocesses run at once")
+    for field in dataclasses.fields(settings_type):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=getattr(defaults, field.name))
+    parser.add_argument("--json", default=None, help="also write the raw results to this file")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # memory subprocess: one variant
+
+
+def settings_from(args: argparse.Namespace, settings_type: type) -> Any:
+    return settings_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(settings_type)})
+
+
+def run_memory(stage: str, settings: Any, names: list[str], parallel: int) -> dict[str, Any]:
+    """{variant: its memory record}: `bench/run.py <stage> --worker=<variant>` in a fresh process per
+    variant (a process's peak RSS only ever grows), `parallel` at a time; each prints its record as JSON."""
+    print(f"peak memory, one subprocess per variant ({parallel} at a time): {', '.join(names)} ...", flush=True)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
+    base = [sys.executable, script, stage] + [
+        f"--{f.name.replace('_', '-')}={getattr(settings, f.name)}" for f in dataclasses.fields(settings)]
+
+    def one(name: str) -> dict[str, Any]:
+        done = subprocess.run(base + [f"--worker={name}"], capture_output=True, text=True, env=os.environ.copy())
+        lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
+        if done.returncode != 0 or not lines:
+            raise RuntimeError(f"memory worker {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        result = json.loads(lines[-1])
+        print(f"  {name}: peak {result['peak_mib']:.0f} MiB, +{result['increment_mib']:.0f} MiB over "
+              f"{result['baseline_mib']:.0f} MiB after setup", flush=True)
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        results = list(pool.map(one, names))
+    return {r["variant"]: r for r in results}

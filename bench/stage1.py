@@ -40,15 +40,11 @@ and the run is set up, then one micro-step and an optimizer update run.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import json
 import math
-import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -104,20 +100,10 @@ class Settings:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = Settings()
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs --steps optimizer steps of every variant, interleaved micro-step by micro-step")
     parser.add_argument("--steps", type=int, default=1, help="timed optimizer steps per variant and round")
     parser.add_argument("--variants", default=",".join(TIMED), help="timed variants, comma separated")
-    parser.add_argument("--memory", default=",".join(MEMORY), help="variants to measure peak memory of ('' = none)")
-    parser.add_argument("--memory-parallel", type=int, default=2, help="memory subprocesses run at once")
-    for field in dataclasses.fields(Settings):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=getattr(defaults, field.name))
-    parser.add_argument("--json", default=None, help="also write the raw results to this file")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # memory subprocess: one variant
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
+    measure.add_settings_arguments(parser, Settings, ",".join(MEMORY))
 
 
 # -- the concept set ---------------------------------------------------------------------------------
@@ -657,27 +643,6 @@ def memory_worker(settings: Settings, name: str) -> dict[str, Any]:
             "increment_mib": peak - baseline if reset else math.nan, "step_s": seconds, "step_record": record}
 
 
-def run_memory(settings: Settings, names: list[str], parallel: int) -> dict[str, Any]:
-    print(f"peak memory, one subprocess per variant ({parallel} at a time): {', '.join(names)} ...", flush=True)
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
-    base = [sys.executable, script, "stage1"] + [
-        f"--{f.name.replace('_', '-')}={getattr(settings, f.name)}" for f in dataclasses.fields(Settings)]
-
-    def one(name: str) -> dict[str, Any]:
-        done = subprocess.run(base + [f"--worker={name}"], capture_output=True, text=True, env=os.environ.copy())
-        lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
-        if done.returncode != 0 or not lines:
-            raise RuntimeError(f"memory worker {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-        result = json.loads(lines[-1])
-        print(f"  {name}: peak {result['peak_mib']:.0f} MiB, +{result['increment_mib']:.0f} MiB over "
-              f"{result['baseline_mib']:.0f} MiB after setup", flush=True)
-        return result
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        results = list(pool.map(one, names))
-    return {r["variant"]: r for r in results}
-
-
 # -- report -----------------------------------------------------------------------------------------
 def per_step(records: list[list[dict[str, float]]], key: str = "total") -> list[float]:
     return [sum(step.get(key, 0.0) for step in block) / len(block) for block in records]
@@ -772,7 +737,7 @@ def memory_table(memory: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = measure.settings_from(args, Settings)
     host = models.import_host()
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -784,7 +749,7 @@ def main(args: argparse.Namespace) -> int:
     mem_names = [n for n in args.memory.split(",") if n]
     started = time.perf_counter()
     timing = time_variants(settings, names, args.rounds, args.steps) if names else None
-    memory = run_memory(settings, mem_names, args.memory_parallel) if mem_names else {}
+    memory = measure.run_memory("stage1", settings, mem_names, args.memory_parallel) if mem_names else {}
     text = report(settings, timing, memory, machine, args.rounds, args.steps)
     print()
     print(text)
