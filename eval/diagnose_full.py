@@ -40,8 +40,9 @@ def rescaled_caption_init(log: list[float]):
 
     def caption_embedding(self, caption: str) -> dict[str, torch.Tensor]:
         out = {}
+        statistics = self.vocabulary_statistics()  # once per caption, not per encoder: it scans the whole table
         for key, vector in original(self, caption).items():
-            mean, std = self.vocabulary_statistics()[key]
+            mean, std = statistics[key]
             vocabulary_norm = float(torch.sqrt((mean ** 2 + std ** 2).sum()))  # E||row|| ~ sqrt(sum(mean^2 + std^2))
             log.append(float(vector.norm()) / vocabulary_norm)
             out[key] = vector * (vocabulary_norm / vector.norm())

@@ -95,8 +95,8 @@ def score(wm: WorldModel, net: classifiers.AttributeNet, tokens: PrismTokens | N
     background>' images in prompt order (the same order and noise for every configuration)."""
     backgrounds = concepts.new_backgrounds(scene_list)
     wanted = [bg for bg in backgrounds for _ in range(budget.images_per_background)]
-    if tokens is None:  # reference: the object's own words in place of [V]
-        phrase = f"a {concept.size} {concept.colour} {concept.pattern} {concept.shape}"
+    if tokens is None:  # reference: the object's own words in place of [V] (every scene shows the same object)
+        phrase = world.object_phrase(scene_list[0])
         cond = encode_text(wm, [world.prompt_on_background(phrase, c, p) for c, p in wanted])
     else:
         cond = target_prompts(wm, tokens, backgrounds, budget.images_per_background)

@@ -18,14 +18,19 @@ PACKAGE = "comfyui_conceptprism"
 ARTIFACTS = EVAL_DIR / "artifacts"
 
 
+_interop_threads_set = False  # torch.set_num_interop_threads may only be called once per process
+
+
 def single_thread() -> None:
     """One CPU thread: the eval machine is shared, and one thread makes timings comparable."""
+    global _interop_threads_set
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
     import torch
     torch.set_num_threads(1)
-    torch.set_num_interop_threads(1) if not getattr(single_thread, "_interop_set", False) else None
-    single_thread._interop_set = True  # set_num_interop_threads may only be called once per process
+    if not _interop_threads_set:
+        torch.set_num_interop_threads(1)
+        _interop_threads_set = True
 
 
 def setup_host() -> Path:

@@ -142,7 +142,7 @@ def main() -> None:
     ema = EMA({"unet": unet, "text": encoder}, args.ema)  # copies taken before the patch below: never run, only saved
     out_of_place_residuals(encoder)
     losses: list[float] = []
-    last = args.stop_after or args.steps
+    last = final_step(args)
     for step in range(1, last + 1):
         index = torch.from_numpy(rng.integers(0, len(latents), args.batch))
         pick = torch.from_numpy(rng.random(args.batch))
@@ -176,6 +176,11 @@ def main() -> None:
             print(f"step {step}/{args.steps} loss {np.mean(losses[-50:]):.4f} lr {lr:.2e} ({time.time() - started:.0f}s)", flush=True)
         if step % args.save_every == 0 or step == last:
             save(args, ema, ae, step, losses, time.time() - started, history)
+
+
+def final_step(args: argparse.Namespace) -> int:
+    """The step the run ends at and writes --out: --stop-after within the --steps schedule, else --steps."""
+    return args.stop_after or args.steps
 
 
 def training_noise(x0: torch.Tensor, low_frequency: float) -> torch.Tensor:
@@ -214,7 +219,7 @@ def save(args, ema: EMA, ae: PatchAutoencoder, step: int, losses: list[float], s
             "loss_last_200": float(np.mean(losses[-200:])),
             "loss_curve_every_50": [round(float(np.mean(losses[i:i + 50])), 5) for i in range(0, len(losses), 50)],
             "train_seconds": round(seconds), "held_out_pairs": sorted(map(list, world.HELD_OUT_PAIRS)), "history": history}
-    path = args.out if step == (args.stop_after or args.steps) else data.CACHE / f"{args.out.stem}_step{step:05}.safetensors"
+    path = args.out if step == final_step(args) else data.CACHE / f"{args.out.stem}_step{step:05}.safetensors"
     world_model.save_world_model(path, ema.shadow["unet"].state_dict(), ema.shadow["text"].state_dict(), ae.state_dict(), info)
     print(f"saved {path}", flush=True)
 

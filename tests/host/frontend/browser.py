@@ -50,8 +50,8 @@ def missing_tools() -> str | None:
     return None
 
 
-
 STARTUP_RESOURCES = ("/user.css", "/api/userdata", "comfy.templates.json", "favicon.ico")
+
 
 @dataclass
 class LoadReport:
