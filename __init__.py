@@ -1,5 +1,5 @@
 """ConceptPrism for ComfyUI: learn a personal concept from a few images, without class nouns or masks."""
-from .prism_host.folders import register_folders
+from .prism_core.host.folders import register_folders
 
 register_folders()
 

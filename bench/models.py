@@ -21,37 +21,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
-
-
-def find_host() -> Path | None:
-    candidates = [Path(os.environ["COMFYUI_PATH"])] if os.environ.get("COMFYUI_PATH") else []
-    if PACK_ROOT.parent.name == "custom_nodes":
-        candidates.append(PACK_ROOT.parent.parent)
-    return next((c.resolve() for c in candidates if (c / "comfy" / "model_management.py").is_file()), None)
-
 
 def import_host() -> Path:
-    host = find_host()
+    """The host from COMFYUI_PATH (or the ComfyUI the pack sits in), importable on the CPU, with torch's
+    SDPA as ComfyUI uses on current GPUs (its CPU default, sub-quadratic chunked attention, is several
+    times slower here and would dilute everything else in model time). run.py has put tests/ on sys.path."""
+    import hostenv
+    host = hostenv.find_host()
     if host is None:
-        raise SystemExit("bench: no ComfyUI found. Set COMFYUI_PATH to a ComfyUI checkout whose requirements are "
-                         "installed in this Python, or install the pack in ComfyUI/custom_nodes.")
-    if str(host) not in sys.path:
-        sys.path.insert(0, str(host))
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True  # argument parsing is off when imported as a library
-    # torch's SDPA, as ComfyUI uses on current GPUs (its CPU default, sub-quadratic chunked attention,
-    # is several times slower here and would dilute everything else in model time).
-    comfy.cli_args.args.use_pytorch_cross_attention = True
-    return host
+        raise SystemExit("bench: " + hostenv.missing_host_reason())
+    return hostenv.import_host(host, pytorch_attention=True)
 
 
 @dataclass

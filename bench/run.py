@@ -12,7 +12,6 @@ import argparse
 import importlib
 import pathlib
 import sys
-import types
 
 BENCH = pathlib.Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -23,15 +22,13 @@ SUBCOMMANDS = {"stage1": "stage1", "stage2": "stage2"}
 
 
 def register_package() -> None:
-    """Import this repository as the package ComfyUI would load it as, without running its
-    __init__ (which needs a running host), as tests/conftest.py does. The bench folder itself is
-    taken off sys.path so that its module names cannot shadow the host's."""
+    """Import this repository as the package ComfyUI would load it as, through tests/hostenv.py (the
+    one module that finds the host and registers the pack). The bench folder itself is taken off
+    sys.path so that its module names cannot shadow the host's; tests/ is appended (shadows nothing)."""
     sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != BENCH]
-    if PACKAGE not in sys.modules:
-        package = types.ModuleType(PACKAGE)
-        package.__path__ = [str(ROOT)]
-        package.__file__ = str(ROOT / "__init__.py")
-        sys.modules[PACKAGE] = package
+    sys.path.append(str(ROOT / "tests"))
+    import hostenv
+    hostenv.register_package()
 
 
 def main(argv: list[str] | None = None) -> int:

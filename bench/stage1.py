@@ -4,7 +4,7 @@ Every variant does the same work per optimizer step: `accumulation` micro-steps 
 on one image i with |J| = K anchors (default 3), on the same ComfyUI model objects, in float32,
 with the pack's own sampling plan (images, anchors, timesteps and noise from one seed):
 
-  pack        (a)  the pack: prism_host's ComfyStage1Backend + prism_core's optimize_tokens,
+  pack        (a)  the pack: prism_core.host's ComfyStage1Backend + prism_core's optimize_tokens,
                    on weights held as ComfyUI's executor holds them (inference tensors, so the
                    backend's per-forward weight copies are paid, as in a real run)
   pack_plain  (a') the same on ordinary frozen weights (no weight copies needed): like for like
@@ -26,7 +26,7 @@ with the pack's own sampling plan (images, anchors, timesteps and noise from one
                    the K null predictions; fixed conditioning tensors, no text encoder, no optimizer
   bound_ckpt  (c)  with the host's gradient checkpointing (memory runs by default)
   pack_plain_ckpt  (a') with gradient checkpointing (on request)
-  pack_embfix, pack_persist, pack_ckpt_embfix: (a) with a proposed prism_host change applied by the
+  pack_embfix, pack_persist, pack_ckpt_embfix: (a) with a proposed prism_core.host change applied by the
                    bench (see proposals.py); pack_persist computes exactly what pack_plain does, so
                    it is in the memory runs only; pack_ckpt_embfix on request
 
@@ -251,9 +251,9 @@ class PackVariant(Variant):
         self._micro_step_start = lambda: None
 
     def setup(self) -> None:
-        from ..prism_host import text, training_guard
-        from ..prism_host.stage1 import initial_vectors
-        from ..prism_host.stage1_backend import ComfyStage1Backend, encode_latents
+        from ..prism_core.host import text, training_guard
+        from ..prism_core.host.stage1 import initial_vectors
+        from ..prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents
         config = self.settings.token_config(1)
         start = time.perf_counter()
         # what learn_tokens does before optimize_tokens (per run, not per step)
@@ -375,7 +375,7 @@ class ReferenceVariant(Variant):
         self.models, self.concept, self.latents, self.initial, self.full = bench_models, concept, latents, initial, full
 
     def setup(self) -> None:
-        from ..prism_host import training_guard
+        from ..prism_core.host import training_guard
         start = time.perf_counter()
         clip = self.models.clip
         # the host's CLIP layers add residuals in place, which autograd cannot go back through
@@ -465,7 +465,7 @@ class BoundVariant(Variant):
         self.models, self.latents, self.checkpointing = bench_models, latents, checkpointing
 
     def setup(self) -> None:
-        from ..prism_host import training_guard
+        from ..prism_core.host import training_guard
         start = time.perf_counter()
         self.unet = self.models.model.model.diffusion_model
         if self.checkpointing:
@@ -519,7 +519,7 @@ def build_variants(names: list[str], settings: Settings) -> tuple[dict[str, Vari
     plain_users = [n for n in names if n in ("pack_plain", "ref", "ref_full", "bound")]
     initial, latents = None, None
     if plain_users or "bound_ckpt" in names:
-        from ..prism_host.stage1_backend import encode_latents
+        from ..prism_core.host.stage1_backend import encode_latents
         plain = get("plain")
         with torch.inference_mode(False):
             latents = encode_latents(plain.model, plain.vae, concept.images.clone())

@@ -130,7 +130,7 @@ class Data:
 
 
 def make_data(settings: Settings, bench_models: models.BenchModels) -> Data:
-    from ..prism_host.diffusion import model_inputs
+    from ..prism_core.host.diffusion import model_inputs
     clip = bench_models.clip
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.inference_mode():
@@ -202,7 +202,7 @@ class Recorder:
 
 # -- the two trainers ------------------------------------------------------------------------------------
 def attention_weight_keys(bench_models: models.BenchModels) -> set[str]:
-    from ..prism_host import lora_layers
+    from ..prism_core.host import lora_layers
     return {f"{name}.weight" for name in lora_layers.attention_projections(bench_models.model)}
 
 
@@ -224,8 +224,8 @@ def restricted_to(keys: set[str]) -> Any:
 def run_pack(spec: Spec, settings: Settings, bench_models: models.BenchModels, data: Data, steps: int) -> list[float]:
     from ..prism_core.config import LoraConfig
     from ..prism_core.lora_train import train_lora
-    from ..prism_host import lora_layers
-    from ..prism_host.stage2 import ComfyStage2Backend
+    from ..prism_core.host import lora_layers
+    from ..prism_core.host.stage2 import ComfyStage2Backend
     config = LoraConfig(rank=settings.rank, alpha=float(settings.rank), learning_rate=LEARNING_RATE, steps=steps,
                         gradient_accumulation=settings.accumulation, seed=settings.seed)
     model = bench_models.model

@@ -28,7 +28,7 @@ import concepts  # noqa: E402
 import experiment  # noqa: E402
 from world_model import load_world_model  # noqa: E402
 
-from comfyui_conceptprism.prism_host import stage1_backend  # noqa: E402
+from comfyui_conceptprism.prism_core.host import stage1_backend  # noqa: E402
 
 OUT = host.ARTIFACTS / "table2" / "diagnostics"
 

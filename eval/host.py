@@ -2,19 +2,17 @@
 
 Eval scripts run as files (``python eval/<script>.py``), so ``eval/`` is on ``sys.path`` and the
 repository root is not: the root's ``nodes/`` folder would shadow the host's ``nodes.py``. The pack
-is registered as the package ``comfyui_conceptprism`` without running its ``__init__``, exactly as
-``tests/conftest.py`` does, so ``comfyui_conceptprism.prism_host`` imports with relative imports intact.
+is registered as the package ``comfyui_conceptprism`` without running its ``__init__`` by
+``tests/hostenv.py`` (shared with the tests and the bench), so ``comfyui_conceptprism.prism_core.host`` imports with relative imports intact.
 """
 from __future__ import annotations
 
 import os
 import sys
-import types
 from pathlib import Path
 
 EVAL_DIR = Path(__file__).resolve().parent
 PACK_ROOT = EVAL_DIR.parent
-PACKAGE = "comfyui_conceptprism"
 ARTIFACTS = EVAL_DIR / "artifacts"
 
 
@@ -34,26 +32,19 @@ def single_thread() -> None:
 
 
 def setup_host() -> Path:
-    """Put the ComfyUI checkout named by COMFYUI_PATH on sys.path, force the CPU, register the pack
-    as a package, and return the host path."""
+    """Put the ComfyUI checkout named by COMFYUI_PATH on sys.path, force the CPU (with torch's SDPA,
+    as `--use-pytorch-cross-attention`: the same attention maths as the CPU default, several times
+    faster at these sizes), register the pack as a package, and return the host path. Finding and
+    registering is tests/hostenv.py's job, shared with the tests and the bench; eval requires
+    COMFYUI_PATH (not a surrounding custom_nodes folder) so that a run names its host."""
     single_thread()
     if not os.environ.get("COMFYUI_PATH"):
         raise SystemExit("COMFYUI_PATH is not set: set it to a ComfyUI checkout (the folder with main.py), "
                          "e.g. COMFYUI_PATH=~/ComfyUI python eval/run_table2.py")
-    host = Path(os.environ["COMFYUI_PATH"]).expanduser().resolve()
-    if not (host / "comfy" / "model_management.py").is_file():
-        raise SystemExit(f"COMFYUI_PATH={host} is not a ComfyUI checkout (no comfy/model_management.py): "
-                         "point it at the folder that holds ComfyUI's main.py.")
-    if str(host) not in sys.path:
-        sys.path.insert(0, str(host))
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True  # argument parsing is off when imported as a library
-    # As `--use-pytorch-cross-attention`: the same attention maths as the CPU default (sub-quadratic
-    # chunking), several times faster at these sizes. Must be set before comfy.model_management loads.
-    comfy.cli_args.args.use_pytorch_cross_attention = True
-    if PACKAGE not in sys.modules:
-        package = types.ModuleType(PACKAGE)
-        package.__path__ = [str(PACK_ROOT)]
-        package.__file__ = str(PACK_ROOT / "__init__.py")
-        sys.modules[PACKAGE] = package
-    return host
+    if str(PACK_ROOT / "tests") not in sys.path:
+        sys.path.append(str(PACK_ROOT / "tests"))  # appended: shadows nothing
+    import hostenv
+    host = hostenv.find_host()
+    if host is None:
+        raise SystemExit(hostenv.missing_host_reason())
+    return hostenv.import_host(host, pytorch_attention=True)

@@ -7,8 +7,8 @@ Usage (from the repository root):
     python eval/run_table2.py --budget full --shard 0/2    # half the units (run 1/2 in a second process)
     python eval/run_table2.py --budget full --summarize    # only (re)write the summary from finished units
 
-One *unit* is (concept, configuration, seed): learn tokens with `prism_host.stage1.learn_tokens`,
-generate and score, train the LoRA with `prism_host.stage2.train_concept_lora`, generate and score
+One *unit* is (concept, configuration, seed): learn tokens with `prism_core.host.stage1.learn_tokens`,
+generate and score, train the LoRA with `prism_core.host.stage2.train_concept_lora`, generate and score
 again. Prompts are encoded by the Prism Conditioning node's own code. Each unit writes one JSON file
 and is skipped when that file exists, so a run can be interrupted, sharded and resumed. The unit
 'text_prompt' is the reference row: the world model prompted with the object's words instead of [V].

@@ -1,4 +1,4 @@
-"""ComfyUI nodes: thin translations from widgets to prism_core / prism_host calls."""
+"""ComfyUI nodes: thin translations from widgets to prism_core.host calls."""
 from .concept_set import LoadConceptSet
 from .conditioning import PrismConditioning
 from .optimize_tokens import OptimizePrismTokens

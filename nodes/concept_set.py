@@ -5,7 +5,7 @@ import hashlib
 
 from ..prism_core import concept_set
 from ..prism_core import images as image_io
-from ..prism_host.folders import resolve_input_folder
+from ..prism_core.host.folders import resolve_input_folder
 from .types import CATEGORY, CONCEPT_SET
 
 

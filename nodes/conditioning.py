@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..prism_core.token_bank import TARGET_SLOT, residual_slot
-from ..prism_host import text
+from ..prism_core.host import text
 from .types import CATEGORY, PRISM_TOKENS
 
 MODES = ["target", "target with residual", "residual only"]

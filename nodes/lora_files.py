@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..prism_core.lora_file import SAVE_DTYPES, save_lora
-from ..prism_host.folders import first_folder
+from ..prism_core.host.folders import first_folder
 from .types import CATEGORY, LORA_MODEL
 
 

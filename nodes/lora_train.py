@@ -7,11 +7,11 @@ import folder_paths
 
 from ..prism_core.config import LoraConfig, help_text
 from ..prism_core.lora_file import LoraWeights, read_lora, save_lora
-from ..prism_host.diffusion import TRAINING_DTYPES
-from ..prism_host.folders import first_folder
-from ..prism_host.runtime import step_reporter
-from ..prism_host.stage1 import RunOptions
-from ..prism_host.stage2 import apply_lora, train_concept_lora
+from ..prism_core.host.diffusion import TRAINING_DTYPES
+from ..prism_core.host.folders import first_folder
+from ..prism_core.host.runtime import step_reporter
+from ..prism_core.host.stage1 import RunOptions
+from ..prism_core.host.stage2 import apply_lora, train_concept_lora
 from .types import CATEGORY, CONCEPT_SET, LORA_MODEL, LOSS_MAP, PRISM_TOKENS
 
 NO_RESUME = "none"

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from ..prism_core.config import TokenConfig, help_text
-from ..prism_host.runtime import step_reporter
-from ..prism_host.stage1 import RunOptions, learn_tokens
-from ..prism_host.diffusion import TRAINING_DTYPES
+from ..prism_core.host.runtime import step_reporter
+from ..prism_core.host.stage1 import RunOptions, learn_tokens
+from ..prism_core.host.diffusion import TRAINING_DTYPES
 from .types import CATEGORY, CONCEPT_SET, PRISM_TOKENS
 
 

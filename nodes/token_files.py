@@ -7,7 +7,7 @@ import folder_paths
 
 from ..prism_core.files import save_new_safetensors
 from ..prism_core.token_bank import PrismTokens
-from ..prism_host.folders import TOKENS_FOLDER, first_folder
+from ..prism_core.host.folders import TOKENS_FOLDER, first_folder
 from .types import CATEGORY, PRISM_TOKENS
 
 

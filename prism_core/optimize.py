@@ -1,7 +1,7 @@
 """Algorithm 1 (paper Sec. 3.2): optimise the target token and the per-image residual tokens.
 
 The loop is host-agnostic: a `Stage1Backend` encodes prompts into conditioning and predicts
-noise; `prism_host.stage1_backend` implements it on ComfyUI's MODEL and CLIP. Per micro-step:
+noise; `prism_core.host.stage1_backend` implements it on ComfyUI's MODEL and CLIP. Per micro-step:
   - the reconstruction sample (image i, prompt "<target> with <residual i>") and the K anchor
     samples (image j in J, prompt "<residual i>") share model calls (all carry gradients);
   - the K null predictions (image j, empty prompt, the same z_t(j)) run without gradient;

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 
 from PIL import Image
@@ -55,9 +56,19 @@ def register_test_nodes(tiny):
     host_nodes.NODE_CLASS_MAPPINGS["PrismTestCapture"] = PrismTestCapture
 
 
+def new_executor(server):
+    """A PromptExecutor as the host's main.py builds one. Decided by the constructor's signature, not a
+    version: newer hosts (v0.8.0) take cache settings as `cache_args` and read them on every execute
+    (`cache_args["ram"]`), older ones (v0.3.64) take `cache_size`; both defaults mean "classic cache"."""
+    from comfy.cli_args import args
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        return execution.PromptExecutor(server, cache_args={"lru": args.cache_lru, "ram": args.cache_ram})
+    return execution.PromptExecutor(server)
+
+
 def run_graph(graph):
     server = fake_server()
-    executor = execution.PromptExecutor(server)
+    executor = new_executor(server)
     valid = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), graph, None))
     assert valid[0], valid
     executor.execute(graph, str(uuid.uuid4()), {"client_id": server.client_id}, valid[2])

@@ -1,38 +1,34 @@
-"""Finding and preparing the real ComfyUI host for the host tier.
+"""The host tier's entry: skip (or, in CI, fail) without a host; otherwise import it on the CPU.
 
-The host is a ComfyUI checkout named by COMFYUI_PATH, or the ComfyUI this pack is installed in
-(…/ComfyUI/custom_nodes/<pack>). Without one, every host test skips with the reason below.
+Finding the host and registering the pack is hostenv's job (shared with bench/ and eval/). With
+CONCEPTPRISM_REQUIRE_HOST set (CI does), every "host missing" or "tool missing" skip is a failure
+instead, so a broken install cannot pass green.
 """
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
-PACK_ROOT = Path(__file__).resolve().parents[2]
-SKIP_REASON = ("host tier skipped: no ComfyUI found. Set COMFYUI_PATH to a ComfyUI checkout whose requirements "
-               "are installed in this Python (see README, 'Tests'), or install the pack in ComfyUI/custom_nodes.")
+import hostenv
+from hostenv import PACK_ROOT, find_host  # noqa: F401  (re-exported for the host tests)
+
+SKIP_REASON = "host tier skipped: " + hostenv.missing_host_reason()
 
 
-def find_host() -> Path | None:
-    candidates = [Path(os.environ["COMFYUI_PATH"])] if os.environ.get("COMFYUI_PATH") else []
-    if PACK_ROOT.parent.name == "custom_nodes":
-        candidates.append(PACK_ROOT.parent.parent)
-    return next((c.resolve() for c in candidates if (c / "comfy" / "model_management.py").is_file()), None)
+def skip_or_fail(reason: str) -> None:
+    """Skip the calling module with `reason`, or fail it when the host tier is required (CI)."""
+    if hostenv.host_required():
+        pytest.fail(f"{reason} ({hostenv.REQUIRE_ENV} is set, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def require_host() -> Path:
-    """Skip the calling module without a host; otherwise make `import comfy` work on the CPU."""
+    """Skip (or fail) the calling module without a host; otherwise make `import comfy` work on the CPU."""
     host = find_host()
     if host is None:
-        pytest.skip(SKIP_REASON, allow_module_level=True)
-    if str(host) not in sys.path:
-        sys.path.insert(0, str(host))
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True  # argument parsing is off when imported as a library; no CUDA here
-    return host
+        skip_or_fail(SKIP_REASON)
+    return hostenv.import_host(host)
 
 
 def fake_server():

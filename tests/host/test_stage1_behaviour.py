@@ -19,9 +19,9 @@ from comfyui_conceptprism.nodes.token_files import SavePrismEmbedding  # noqa: E
 from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
 from comfyui_conceptprism.prism_core.config import TABLE2_CONFIGURATIONS, TokenConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
-from comfyui_conceptprism.prism_host import text  # noqa: E402
-from comfyui_conceptprism.prism_host.stage1 import learn_tokens  # noqa: E402
-from comfyui_conceptprism.prism_host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
+from comfyui_conceptprism.prism_core.host import text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens  # noqa: E402
+from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
 
 
 def _concept(seed=0, n=3):
@@ -147,8 +147,11 @@ def test_exclusion_loss_shrinks_the_residual_gap_compared_with_beta_zero(tiny):
                                  learning_rate=4e-3)
             with torch.inference_mode():
                 runs[beta] = learn_tokens(models.model, models.clip, models.vae, concept, config)
-        # Same start: same initial vectors and plan, so the first reconstruction loss is identical.
-        assert runs[0.0].history.rec[0] == runs[0.05].history.rec[0]
+        # Same start: same initial vectors and plan, so the first reconstruction loss is the same. Not
+        # bit-identical: with beta 0 the reconstruction sample runs alone, with beta > 0 it shares its model
+        # call with the anchors, and CPU kernels are not batch-invariant in the last bit (seen: 1.5076232
+        # against 1.5076231 on torch 2.14.1). A different start would differ by orders of magnitude more.
+        assert runs[0.0].history.rec[0] == pytest.approx(runs[0.05].history.rec[0], rel=1e-6, abs=0)
         results.append((runs[0.05].history.excl[0], _residual_gap(models, runs[0.0], concept),
                         _residual_gap(models, runs[0.05], concept)))
     print("seed results (initial L_excl, gap beta=0, gap beta=0.05):", results)

@@ -13,8 +13,8 @@ from conftest import FAMILIES  # noqa: E402
 from host_checks import oracle_cond, oracle_eps  # noqa: E402
 from comfyui_conceptprism.prism_core.optimize import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
-from comfyui_conceptprism.prism_host import text  # noqa: E402
-from comfyui_conceptprism.prism_host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
+from comfyui_conceptprism.prism_core.host import text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
 
 from host_checks import RES  # noqa: E402
 

@@ -31,9 +31,9 @@ from comfyui_conceptprism.prism_core.lora_file import LoraWeights, read_lora, ta
 from comfyui_conceptprism.prism_core.lora_train import step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
-from comfyui_conceptprism.prism_host import lora_layers, text  # noqa: E402
-from comfyui_conceptprism.prism_host.diffusion import encode_latents  # noqa: E402
-from comfyui_conceptprism.prism_host.stage2 import (  # noqa: E402
+from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
+from comfyui_conceptprism.prism_core.host.stage2 import (  # noqa: E402
     ComfyStage2Backend, apply_lora, train_concept_lora, training_conditionings)
 
 # The oracle's own definition of the layers the paper adapts (state-dict names, host layout).

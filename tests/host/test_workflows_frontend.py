@@ -9,7 +9,7 @@ of checkpoints and lowered steps/resolution, every change printed (see `pytest -
 Screenshots land in tests/host/frontend/screenshots/.
 
 Needs the host (COMFYUI_PATH) and, beyond it, Debian's chromium and the npm package playwright-core;
-without them the module skips and says what to install.
+without them the module skips and says what to install (fails, with CONCEPTPRISM_REQUIRE_HOST set).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import safetensors
 
-from host_setup import PACK_ROOT, find_host, require_host
+from host_setup import PACK_ROOT, find_host, require_host, skip_or_fail
 
 require_host()
 
@@ -32,7 +32,7 @@ from frontend.server import PACK_FOLDER, TEST_LOADER, TEST_NODE_FOLDER, ComfySer
 
 _MISSING_TOOLS = missing_tools()
 if _MISSING_TOOLS:
-    pytest.skip(_MISSING_TOOLS, allow_module_level=True)
+    skip_or_fail(_MISSING_TOOLS)
 
 FIXTURES = Path(__file__).resolve().parent / "frontend" / "fixtures"
 SCREENSHOTS = Path(__file__).resolve().parent / "frontend" / "screenshots"

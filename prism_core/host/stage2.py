@@ -11,12 +11,12 @@ import torch
 import comfy.model_management
 import comfy.sd
 
-from ..prism_core.concept_set import ConceptSet
-from ..prism_core.config import LoraConfig
-from ..prism_core.lora_file import LoraWeights, lora_metadata
-from ..prism_core.lora_train import train_lora
-from ..prism_core.optimize import Cond, reconstruction_prompt
-from ..prism_core.token_bank import PrismTokens
+from ..concept_set import ConceptSet
+from ..config import LoraConfig
+from ..lora_file import LoraWeights, lora_metadata
+from ..lora_train import train_lora
+from ..optimize import Cond, reconstruction_prompt
+from ..token_bank import PrismTokens
 from . import lora_layers, text, training_guard
 from .diffusion import NoisePredictor, encode_latents, model_inputs
 from .stage1 import RunOptions

@@ -18,7 +18,7 @@ import comfy.supported_models
 from comfy.weight_adapter import LoRAAdapter
 from comfy.weight_adapter.lora import LoraDiff
 
-from ..prism_core.lora_file import BaseFamily, layer_tensors
+from ..lora_file import BaseFamily, layer_tensors
 
 # Paper Sec. 3.4 / reference: to_q, to_k, to_v, to_out.0 of every UNet self- and cross-attention.
 ATTENTION_PROJECTION = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")

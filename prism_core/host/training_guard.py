@@ -9,6 +9,14 @@ Three things stand between ComfyUI's models and a backward pass, all undone when
 - optional gradient checkpointing patches the diffusion model's top-level blocks with the host's
   own helpers (`gradient_checkpointing`).
 `restore_modules` snapshots every module attribute these touch and puts it back in ``finally``.
+
+Newer hosts (upstream from about March 2026) load models on NVIDIA GPUs through a dynamic-VRAM
+patcher (``ModelPatcherDynamic``) that streams weights on demand into reused buffers and ignores
+``force_full_load``; autograd would save aliases of memory that is overwritten, so gradients would
+be silently wrong. `static_patcher` / `static_clip` give such a MODEL/CLIP a plain, fully loadable
+copy through the host's own ``clone(disable_dynamic=True)``, or refuse with what to do. (Read in
+upstream ComfyUI at commit 0f1fa67a, 2026-08-15; unverified on a GPU: neither release the tests
+run has a dynamic patcher, and on the CPU the host falls back to the plain one.)
 """
 from __future__ import annotations
 
@@ -43,6 +51,52 @@ def with_weight_copies(patcher: Any) -> Any:
             if isinstance(tensor, torch.Tensor) and tensor.is_inference():
                 clone.add_weight_wrapper(f"{name}.{kind}", _copy_made_by_host)
     return clone
+
+
+DYNAMIC_VRAM_MESSAGE = (
+    "ConceptPrism: this {what} was loaded by ComfyUI's dynamic-VRAM loader (ModelPatcherDynamic), which streams "
+    "weights on demand, so training gradients would not be reliable, and its loader offers no way to reload a fully "
+    "loaded copy. Load it with a core loader (Load Checkpoint, Load Diffusion Model, Load CLIP), or restart ComfyUI "
+    "with --disable-dynamic-vram.")
+
+
+def is_dynamic(patcher: Any) -> bool:
+    """True for a dynamic-VRAM patcher, decided by the host's own feature method (``is_dynamic()``, upstream
+    comfy/model_patcher.py); hosts without it have none. Not by class: ModelPatcherDynamic constructs a plain
+    ModelPatcher on a CPU load device."""
+    method = getattr(patcher, "is_dynamic", None)
+    return callable(method) and bool(method())
+
+
+def _reloaded(patcher: Any, what: str) -> Any:
+    """A non-dynamic patcher of the same weights: the host reloads the model from its loader's recorded
+    arguments (``cached_patcher_init``); without them there is no safe path."""
+    if getattr(patcher, "cached_patcher_init", None) is None:
+        raise RuntimeError(DYNAMIC_VRAM_MESSAGE.format(what=what))
+    clone = patcher.clone(disable_dynamic=True)
+    if is_dynamic(clone):
+        raise RuntimeError(DYNAMIC_VRAM_MESSAGE.format(what=what))
+    return clone
+
+
+def static_patcher(patcher: Any) -> Any:
+    """`patcher` itself when it is an ordinary ModelPatcher, else a reloaded non-dynamic copy (a second
+    copy of the weights for the duration of training). Raises RuntimeError when the host cannot make one."""
+    return _reloaded(patcher, "MODEL") if is_dynamic(patcher) else patcher
+
+
+def static_clip(clip: Any) -> Any:
+    """`clip` itself when its patcher is ordinary, else a CLIP around a reloaded non-dynamic copy."""
+    if not is_dynamic(clip.patcher):
+        return clip
+    _reloaded(clip.patcher, "CLIP")  # refuses before the host's CLIP.clone reloads anything
+    copy = clip.clone(disable_dynamic=True)
+    # The host's CLIP.clone(disable_dynamic=True) keeps the old cond_stage_model (upstream comfy/sd.py):
+    # point it at the reloaded modules, or encoding would run the dynamic ones.
+    copy.cond_stage_model = copy.patcher.model
+    if is_dynamic(copy.patcher):
+        raise RuntimeError(DYNAMIC_VRAM_MESSAGE.format(what="CLIP"))
+    return copy
 
 
 _SNAPSHOT_ATTRIBUTES = ("weight_function", "bias_function", "forward", "org_forward")
@@ -101,18 +155,20 @@ def loaded_training_clones(model: Any, clip: Any | None = None, weight_wrappers:
     host's own ``add_weight_wrapper``. Every module attribute the clones touch is put back on exit.
     Call inside ``torch.inference_mode(False)``.
     """
-    train_model = with_weight_copies(model)
+    train_model = with_weight_copies(static_patcher(model))
     for key, wrapper in (weight_wrappers or {}).items():
         train_model.add_weight_wrapper(key, wrapper)
     train_clip = None
-    roots = [model.model]
+    # The clones' modules: the incoming ones, shared, unless a dynamic patcher had to be reloaded.
+    roots = [train_model.model]
     if clip is not None:
-        train_clip = clip.clone()
-        train_clip.patcher = with_weight_copies(clip.patcher)
-        roots.append(clip.cond_stage_model)
+        source = static_clip(clip)
+        train_clip = source.clone()
+        train_clip.patcher = with_weight_copies(source.patcher)
+        roots.append(train_clip.cond_stage_model)
     with restore_modules(*roots):
-        if clip is not None:
-            out_of_place_clip_layers(clip.cond_stage_model)
+        if train_clip is not None:
+            out_of_place_clip_layers(train_clip.cond_stage_model)
         if checkpointing:
             gradient_checkpointing(train_model.model.diffusion_model)
         patchers = [train_model] + ([train_clip.patcher] if train_clip is not None else [])

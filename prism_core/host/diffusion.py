@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..prism_core.losses import eps_from_denoised
+from ..losses import eps_from_denoised
 
 Cond = dict[str, torch.Tensor]
 

@@ -18,8 +18,8 @@ import torch
 
 import comfy.sd1_clip
 
-from ..prism_core.optimize import Prompt, SlotVectors
-from ..prism_core.token_bank import TARGET_SLOT, PrismTokens, is_slot, residual_slot
+from ..optimize import Prompt, SlotVectors
+from ..token_bank import TARGET_SLOT, PrismTokens, is_slot, residual_slot
 
 FAMILY_NAMES = {
     ("clip_l",): "SD1.x (clip_l)",
@@ -134,6 +134,10 @@ def encode_tokens(clip: Any, tokens: dict[str, list]) -> tuple[torch.Tensor, tor
     model.reset_clip_options()
     if clip.layer_idx is not None:
         model.set_clip_options({"layer": clip.layer_idx})
+    # Newer hosts (v0.8.0) run the encoder on an `execution_device` clip option that their
+    # encode_from_tokens sets to the patcher's load device (comfy/sd.py, SDClipModel.forward); older
+    # ones take the embedding weights' device and ignore unknown options, so setting it suits both.
+    model.set_clip_options({"execution_device": clip.patcher.load_device})
     out = model.encode_token_weights(tokens)
     return out[0], out[1]
 

@@ -8,7 +8,7 @@ import torch
 
 import comfy.model_management
 
-from ..prism_core.optimize import Cond, Prompt, SlotVectors
+from ..optimize import Cond, Prompt, SlotVectors
 from . import text, training_guard
 from .diffusion import TRAINING_DTYPES, NoisePredictor, encode_latents, model_inputs  # noqa: F401 (re-exported)
 

@@ -7,11 +7,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..prism_core.concept_set import ConceptSet
-from ..prism_core.config import TokenConfig
-from ..prism_core.init import random_vectors, repeated_vector
-from ..prism_core.optimize import optimize_tokens
-from ..prism_core.token_bank import PrismTokens
+from ..concept_set import ConceptSet
+from ..config import TokenConfig
+from ..init import random_vectors, repeated_vector
+from ..optimize import optimize_tokens
+from ..token_bank import PrismTokens
 from . import text
 from .diffusion import encode_latents
 from .stage1_backend import ComfyStage1Backend
