@@ -28,15 +28,16 @@ from typing import Any
 import torch
 
 
-def import_host() -> Path:
-    """The host from COMFYUI_PATH (or the ComfyUI the pack sits in), importable on the CPU, with torch's
-    SDPA as ComfyUI uses on current GPUs (its CPU default, sub-quadratic chunked attention, is several
-    times slower here and would dilute everything else in model time). run.py has put tests/ on sys.path."""
+def import_host(cpu: bool = True) -> Path:
+    """The host from COMFYUI_PATH (or the ComfyUI the pack sits in), importable on the CPU (or, with
+    cpu=False, on the GPU the host picks), with torch's SDPA as ComfyUI uses on current GPUs (its CPU
+    default, sub-quadratic chunked attention, is several times slower here and would dilute everything
+    else in model time). run.py has put tests/ on sys.path."""
     import hostenv
     host = hostenv.find_host()
     if host is None:
         raise SystemExit("bench: " + hostenv.missing_host_reason())
-    return hostenv.import_host(host, pytorch_attention=True)
+    return hostenv.import_host(host, pytorch_attention=True, cpu=cpu)
 
 
 @dataclass
@@ -77,7 +78,21 @@ def clip_config(layers: int) -> dict:
             "num_hidden_layers": layers, "projection_dim": 768}
 
 
-def build(channels: int = 64, clip_layers: int = 1, seed: int = 0, inference: bool = True) -> BenchModels:
+def sd15_unet_config() -> dict:
+    """SD1.5's own UNet config as the host defines it (model_channels 320, 8 heads, two res blocks per level)."""
+    import comfy.supported_models
+    return dict(comfy.supported_models.SD15.unet_config, **{
+        "in_channels": 4, "out_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
+        "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1,
+        "context_dim": 768, "num_heads": 8, "num_head_channels": -1, "use_linear_in_transformer": False,
+        "image_size": 32, "use_spatial_transformer": True})
+
+
+def build(channels: int = 64, clip_layers: int = 1, seed: int = 0, inference: bool = True,
+          unet_dtype: torch.dtype = torch.float32, full_sd15: bool = False) -> BenchModels:
+    """unet_dtype: how the UNet's weights are stored (ComfyUI loads SD1.5 in float16 on most GPUs).
+    full_sd15: SD1.5's real UNet shape (`sd15_unet_config`, ~860 M parameters) instead of `unet_config(channels)`."""
     import comfy.model_base
     import comfy.model_management
     import comfy.model_patcher
@@ -88,8 +103,9 @@ def build(channels: int = 64, clip_layers: int = 1, seed: int = 0, inference: bo
 
     mode = torch.inference_mode() if inference else contextlib.nullcontext()
     with mode:
-        config = comfy.supported_models.SD15({**comfy.supported_models.SD15.unet_config, **unet_config(channels)})
-        config.set_inference_dtype(torch.float32, None)
+        shape = sd15_unet_config() if full_sd15 else {**comfy.supported_models.SD15.unet_config, **unet_config(channels)}
+        config = comfy.supported_models.SD15(shape)
+        config.set_inference_dtype(unet_dtype, None)
         unet = comfy.model_base.BaseModel(config)
         clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
                              model_options={"clip_l_model_config": clip_config(clip_layers)})
@@ -100,7 +116,8 @@ def build(channels: int = 64, clip_layers: int = 1, seed: int = 0, inference: bo
         vae = _vae(seed + 2)
     for module in (unet, clip.cond_stage_model, vae.first_stage_model):
         module.requires_grad_(False)  # frozen, as the reference freezes its UNet/VAE/encoder
-    return BenchModels(model, clip, vae, inference, {"channels": channels, "clip_layers": clip_layers, "seed": seed})
+    return BenchModels(model, clip, vae, inference, {"channels": 320 if full_sd15 else channels, "clip_layers": clip_layers,
+                                                     "seed": seed, "unet_dtype": str(unet_dtype).replace("torch.", "")})
 
 
 def _vae(seed: int):

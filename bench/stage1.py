@@ -273,7 +273,7 @@ class PackVariant(Variant):
         self.setup_s = time.perf_counter() - start
         b, t = self.backend, self.timers
         b.encode = t.wrap("text forward", b.encode)
-        b.predict_eps = t.wrap(lambda: "model forward" if torch.is_grad_enabled() else "null forward", b.predict_eps)
+        b.predict = t.wrap(lambda: "model forward" if torch.is_grad_enabled() else "null forward", b.predict)
         check = b.check_interrupt
 
         def check_interrupt() -> None:

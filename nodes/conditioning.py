@@ -40,6 +40,7 @@ class PrismConditioning:
 def encode_prompt(clip, tokens, prompt: str, placeholder: str, mode: str, residual_index: int):
     widths = {k: v.shape[1] for k, v in tokens.target.items()}
     text.check_family(clip, tokens.encoder_keys, widths, "These ConceptPrism tokens")
+    text.warn_on_other_clip_layer(clip, tokens, "Prism Conditioning")
     if mode != "target" and tokens.residual_length == 0:
         raise ValueError(f"PrismConditioning: mode '{mode}' needs residual tokens, but these tokens were learned with residual_length 0. Use mode 'target'.")
     parts = {"target": (TARGET_SLOT,), "target with residual": (TARGET_SLOT, "with", residual_slot(residual_index)),

@@ -121,6 +121,7 @@ def lora_metadata(family: BaseFamily, rank: int, alpha: float, steps: int, setti
         "conceptprism.alpha": str(float(alpha)),
         "conceptprism.steps": str(steps),
         "conceptprism.settings": json.dumps(settings),
+        "conceptprism.clip_layer": str(settings.get("clip_layer", "default")),
         "conceptprism.loss": json.dumps([float(x) for x in loss]),
         "conceptprism.tokens": json.dumps(token_summary(tokens)),
     }

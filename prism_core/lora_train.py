@@ -2,8 +2,8 @@
 
 Each micro-step takes image i with its fixed prompt "<t_target> with <t_res(i)>" (the residual
 tokens stay in the prompt so that image-specific detail has somewhere to go other than the target
-token) and the plain diffusion loss of Eq. (2), in eps space with t uniform over the discrete
-schedule, exactly as Stage 1. A step is one AdamW update over `gradient_accumulation`
+token) and the plain diffusion loss of Eq. (2) on the family's native target (eps, v) with t uniform
+over the discrete schedule, exactly as Stage 1. A step is one AdamW update over `gradient_accumulation`
 micro-steps; the micro-steps of one step share model calls (in chunks of at most `max_batch`
 samples), which gives the same gradient as running them one by one.
 """
@@ -15,6 +15,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from .config import LoraConfig
+from .loss_scaling import LossScaler
 from .losses import per_sample_mse
 from .optimize import Cond, NonFiniteLossError, batch_conds, chunk_ranges
 from .schedule import MicroStep, draw_noise, plan_micro_steps
@@ -23,17 +24,23 @@ from .schedule import MicroStep, draw_noise, plan_micro_steps
 class Stage2Backend(Protocol):
     num_timesteps: int
     max_batch: int
+    loss_scaling: bool  # float16 compute: scale losses dynamically (loss_scaling.LossScaler)
 
-    def predict_eps(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """eps_hat [B, C, H, W] of the model with the LoRA, differentiable w.r.t. the LoRA weights."""
+    def predict(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """The native prediction (eps_hat, v_hat) [B, C, H, W] of the model with the LoRA, differentiable
+        w.r.t. the LoRA weights."""
+
+    def target(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
+        """The native target (eps, v) of those samples [B, C, H, W]; no model call."""
 
     def check_interrupt(self) -> None:
         """Raise if the user cancelled."""
 
 
 def step_losses(backend: Stage2Backend, latents: torch.Tensor, conds: Sequence[Cond],
-                micro_steps: Sequence[MicroStep], parameters: Sequence[torch.nn.Parameter]) -> list[float]:
-    """Accumulate the gradient of mean over micro-steps of Eq. (2) into `parameters`.
+                micro_steps: Sequence[MicroStep], parameters: Sequence[torch.nn.Parameter],
+                loss_scale: float = 1.0) -> list[float]:
+    """Accumulate the gradient of loss_scale * mean over micro-steps of Eq. (2) into `parameters`.
 
     latents: [N, C, H, W]; conds[i]: image i's fixed conditioning (batch dim 1). Returns each
     micro-step's loss. Gradients reach only `parameters`, never the model's own weights.
@@ -45,14 +52,14 @@ def step_losses(backend: Stage2Backend, latents: torch.Tensor, conds: Sequence[C
     for chunk in chunk_ranges(len(micro_steps), backend.max_batch):
         idx = list(chunk)
         backend.check_interrupt()
-        eps_hat = backend.predict_eps(latents[[images[i] for i in idx]], [timesteps[i] for i in idx], noise[idx],
-                                      batch_conds([conds[images[i]] for i in idx]))
-        mse = per_sample_mse(eps_hat, noise[idx].to(eps_hat.device))
+        batch = (latents[[images[i] for i in idx]], [timesteps[i] for i in idx], noise[idx])
+        prediction = backend.predict(*batch, batch_conds([conds[images[i]] for i in idx]))
+        mse = per_sample_mse(prediction, backend.target(*batch).to(prediction.device))
         for i, value in zip(idx, mse.detach().float().cpu().tolist()):
             losses[i] = value
         if not all(math.isfinite(losses[i]) for i in idx):
             return losses  # the caller raises with the step number; no backward through NaNs
-        torch.autograd.backward(mse.sum() / len(micro_steps), inputs=list(parameters))
+        torch.autograd.backward(mse.sum() * (loss_scale / len(micro_steps)), inputs=list(parameters))
     return losses
 
 
@@ -78,19 +85,18 @@ def train_lora(
     plan = plan_micro_steps(latents.shape[0], 0, last_step, config.gradient_accumulation,
                             backend.num_timesteps, config.seed)[start_step:]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scaler = LossScaler(backend.loss_scaling, parameters[0].device)
     history = []
     for offset, micro_steps in enumerate(plan):
         step = start_step + offset + 1
         optimizer.zero_grad(set_to_none=True)
-        losses = step_losses(backend, latents, conds, micro_steps, parameters)
+        losses = step_losses(backend, latents, conds, micro_steps, parameters, scaler.factor)
         if not all(math.isfinite(x) for x in losses):
             raise NonFiniteLossError(
                 f"ConceptPrism Stage 2: the loss became non-finite ({losses}) at step {step} of {last_step}. "
                 f"Lower learning_rate (e.g. to {config.learning_rate / 4:g}), or set training_dtype to float32 "
                 "if you trained in float16. No LoRA was output.")
-        if config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer, parameters, config.max_grad_norm, step)
         history.append(sum(losses) / len(losses))
         if on_step is not None:
             on_step(step, last_step, history[-1])

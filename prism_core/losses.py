@@ -1,21 +1,55 @@
-"""The two Stage 1 objectives, in epsilon space for every model family.
+"""The two Stage 1 objectives (and Stage 2's), on each model family's native target.
 
-ComfyUI models return a denoised estimate x0_hat. Noising is linear in (x0, eps):
-x_t = a * x0 + b * eps (a = 1, b = sigma for eps/v models; a = 1 - sigma, b = sigma for flow
-models), so eps_hat = (x_t - a * x0_hat) / b recovers the model's noise prediction exactly for
-eps models and gives the equivalent eps estimate for v and flow models. Taking the losses on
-eps_hat makes Eq. (2) and Eq. (4) mean the same thing for every family, with the paper's uniform
-weighting over its uniformly sampled timesteps.
+ComfyUI models return a denoised estimate x0_hat, and noising is linear in (x0, eps):
+x_t = a * x0 + b * eps (a = 1, b = sigma for eps and v models; a = 1 - sigma, b = sigma for flow
+models). Every family's native prediction is an affine map of (x_t, x0_hat) with coefficients
+that depend only on sigma, and its native target is the same map applied to (x_t, x0):
+- eps:  eps_hat = (x_t - a * x0_hat) / b;
+- v (variance-preserving, sigma_data s): v_hat = k * (x_t * s^2 / (sigma^2 + s^2) - x0_hat) with
+  k = sqrt(sigma^2 + s^2) / (sigma * s), the inverse of the host's V_PREDICTION.calculate_denoised;
+  for s = 1 this is (eps - sigma * x0) / sqrt(1 + sigma^2), the DDPM v = sqrt(ab) eps - sqrt(1-ab) x0;
+- flow velocity (eps - x0): (x_t - x0_hat) / sigma.
+The reference implementation trains each family on its own target (eps, v, flow velocity), with the
+paper's uniform weighting over its sampled timesteps; an eps loss on a v model would weight each
+step by alphabar_t = 1 / (1 + sigma^2) instead (high-noise steps down by up to ~200x for SD).
 """
 from __future__ import annotations
 
 import torch
 
+TARGETS = ("eps", "v")  # flow velocity comes with FLUX
+
+
+def native_coefficients(target: str, sigma: torch.Tensor, signal_scale: torch.Tensor, noise_scale: torch.Tensor,
+                        sigma_data: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_x, c_d) with native = c_x * x_t + c_d * denoised, per sample.
+
+    target: "eps" or "v"; sigma, signal_scale (a), noise_scale (b): [B] with x_t = a*x0 + b*eps.
+    Raises ValueError for another target name.
+    """
+    if target == "eps":
+        return 1.0 / noise_scale, -signal_scale / noise_scale
+    if target == "v":
+        k = torch.sqrt(sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data)
+        return k * sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2), -k
+    raise ValueError(f"unknown prediction target {target!r}; expected one of {TARGETS}")
+
+
+def native_from_denoised(noisy: torch.Tensor, denoised: torch.Tensor, noisy_weight: torch.Tensor,
+                         denoised_weight: torch.Tensor) -> torch.Tensor:
+    """noisy_weight * x_t + denoised_weight * x0_hat, per sample.
+
+    noisy, denoised: [B, C, H, W]; weights: [B] from `native_coefficients`. Returns [B, C, H, W].
+    """
+    assert noisy.shape == denoised.shape, (noisy.shape, denoised.shape)
+    shape = (-1,) + (1,) * (noisy.ndim - 1)
+    return noisy_weight.view(shape) * noisy + denoised_weight.view(shape) * denoised
+
 
 def eps_from_denoised(
     noisy: torch.Tensor, denoised: torch.Tensor, signal_scale: torch.Tensor, noise_scale: torch.Tensor
 ) -> torch.Tensor:
-    """Noise estimate from a denoised estimate.
+    """Noise estimate from a denoised estimate (the eps row of `native_coefficients`).
 
     noisy, denoised: [B, C, H, W]; signal_scale (a), noise_scale (b): [B], with x_t = a*x0 + b*eps.
     Returns eps_hat: [B, C, H, W].
@@ -31,13 +65,15 @@ def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
 
 
-def reconstruction_loss(eps_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Eq. (2): ||eps - eps_theta(z_t(i), t, c(i))||^2, averaged over elements. [1,C,H,W] -> scalar."""
-    return per_sample_mse(eps_hat, eps).mean()
+def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. (2) on the native target: ||target - prediction(z_t(i), t, c(i))||^2, averaged over elements
+    (for eps models the paper's ||eps - eps_theta||^2). [1,C,H,W] -> scalar."""
+    return per_sample_mse(prediction, target).mean()
 
 
 def exclusion_loss(eps_residual: torch.Tensor, eps_null: torch.Tensor) -> torch.Tensor:
-    """Eq. (4): mean over the anchors j in J of ||eps_theta(z_t(j), c_res(i)) - eps_theta(z_t(j), null)||^2.
+    """Eq. (4): mean over the anchors j in J of ||eps_theta(z_t(j), c_res(i)) - eps_theta(z_t(j), null)||^2,
+    with both predictions in the family's native parameterisation (eps, v).
 
     eps_residual, eps_null: [K, C, H, W], row k for anchor j_k, both on the same noised z_t(j_k).
     The null branch is a constant target (no gradient), as in Algorithm 1. Returns a scalar.

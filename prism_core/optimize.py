@@ -1,7 +1,8 @@
 """Algorithm 1 (paper Sec. 3.2): optimise the target token and the per-image residual tokens.
 
-The loop is host-agnostic: a `Stage1Backend` encodes prompts into conditioning and predicts
-noise; `prism_core.host.stage1_backend` implements it on ComfyUI's MODEL and CLIP. Per micro-step:
+The loop is host-agnostic: a `Stage1Backend` encodes prompts into conditioning and predicts the
+model family's native target (eps, v); `prism_core.host.stage1_backend` implements it on ComfyUI's
+MODEL and CLIP. Per micro-step:
   - the reconstruction sample (image i, prompt "<target> with <residual i>") and the K anchor
     samples (image j in J, prompt "<residual i>") share model calls (all carry gradients);
   - the K null predictions (image j, empty prompt, the same z_t(j)) run without gradient;
@@ -20,6 +21,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from .config import TokenConfig
+from .loss_scaling import LossScaler
 from .losses import micro_step_weights, per_sample_mse
 from .schedule import MicroStep, draw_noise, plan_micro_steps
 from .token_bank import TARGET_SLOT, LossHistory, residual_slot
@@ -51,6 +53,7 @@ def residual_prompt(image: int) -> Prompt:
 class Stage1Backend(Protocol):
     num_timesteps: int
     max_batch: int
+    loss_scaling: bool  # float16 compute: scale losses dynamically (loss_scaling.LossScaler)
 
     def encode(self, prompt: Prompt, vectors: SlotVectors) -> Cond:
         """Differentiable text encoding of `prompt` with the slots filled from `vectors`."""
@@ -58,8 +61,12 @@ class Stage1Backend(Protocol):
     def encode_null(self) -> Cond:
         """The empty prompt's conditioning (no gradient)."""
 
-    def predict_eps(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """Noise z_t from (latents [B,C,H,W], noise [B,C,H,W], timesteps [B]) and return eps_hat [B,C,H,W]."""
+    def predict(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Noise z_t from (latents [B,C,H,W], noise [B,C,H,W], timesteps [B]) and return the model's prediction
+        of its native target (eps_hat or v_hat) [B,C,H,W] float32."""
+
+    def target(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
+        """The native target (eps, or v) of those samples [B,C,H,W] float32; no model call."""
 
     def check_interrupt(self) -> None:
         """Raise if the user cancelled."""
@@ -109,7 +116,8 @@ def micro_step_losses(
     backend: Stage1Backend, latents: torch.Tensor, params: TokenParameters, step: MicroStep,
     null: Cond, beta: float, scale: float,
 ) -> tuple[float, float]:
-    """Accumulate scale * (L_rec + beta * L_excl) gradients into `params` for one micro-step.
+    """Accumulate scale * (L_rec + beta * L_excl) gradients into `params` for one micro-step (`scale` carries
+    the micro-step's share of the step and, in float16, the loss scale).
 
     latents: [N, C, H, W] (already in the model's latent space). Returns (L_rec, L_excl) as floats
     (L_excl is NaN when the exclusion term is off).
@@ -128,16 +136,16 @@ def micro_step_losses(
     leaves = [{k: v.detach().requires_grad_(v.requires_grad) for k, v in c.items()} for c in prompt_conds]
     sample_conds = [leaves[0]] + [leaves[-1]] * len(anchors)
 
-    targets = noise.clone()
+    targets = backend.target(latents[images[:1]], timesteps[:1], noise[:1]).float()
     if anchors:
         with torch.no_grad():
-            null_eps = []
+            null_predictions = []
             for chunk in chunk_ranges(len(anchors), backend.max_batch):
                 idx = [1 + c for c in chunk]
-                null_eps.append(backend.predict_eps(
+                null_predictions.append(backend.predict(
                     latents[[images[i] for i in idx]], [timesteps[i] for i in idx], noise[idx],
                     batch_conds([null] * len(idx))))
-            targets[1:] = torch.cat(null_eps).float()
+            targets = torch.cat([targets, torch.cat(null_predictions).float().to(targets.device)])
 
     weights = micro_step_weights(len(anchors), beta).to(latents.device) * scale
     per_sample = torch.empty(n)
@@ -145,9 +153,9 @@ def micro_step_losses(
     leaf_grads = [torch.zeros_like(t) for t in leaf_tensors]
     for chunk in chunk_ranges(n, backend.max_batch):
         idx = list(chunk)
-        eps_hat = backend.predict_eps(latents[[images[i] for i in idx]], [timesteps[i] for i in idx],
-                                      noise[idx], batch_conds([sample_conds[i] for i in idx]))
-        mse = per_sample_mse(eps_hat, targets[idx])
+        prediction = backend.predict(latents[[images[i] for i in idx]], [timesteps[i] for i in idx],
+                                     noise[idx], batch_conds([sample_conds[i] for i in idx]))
+        mse = per_sample_mse(prediction, targets[idx].to(prediction.device))
         per_sample[idx] = mse.detach().float().cpu()
         grads = torch.autograd.grad((mse * weights[idx]).sum(), leaf_tensors, allow_unused=True)
         for total, grad in zip(leaf_grads, grads):
@@ -179,6 +187,8 @@ def optimize_tokens(
     latents: [N, C, H, W], one per reference image, encoded once per run. initial_target[key]:
     [n_t, D]; initial_residuals[key]: [N, n_r, D]. A step is one AdamW update made of
     `config.gradient_accumulation` micro-steps, each on one image (loss divided by their count).
+    With float16 compute (backend.loss_scaling) the losses are scaled dynamically; a step whose
+    gradients overflow is skipped and the scale lowered (loss_scaling.LossScaler).
     """
     n_images = latents.shape[0]
     params = TokenParameters.from_initial(initial_target, initial_residuals)
@@ -187,13 +197,15 @@ def optimize_tokens(
     plan = plan_micro_steps(n_images, config.anchors_for(n_images), config.steps,
                             config.gradient_accumulation, backend.num_timesteps, config.seed)
     null = backend.encode_null()
+    scaler = LossScaler(backend.loss_scaling, trainable[0].device)
     history = LossHistory()
     for step_index, micro_steps in enumerate(plan):
         optimizer.zero_grad(set_to_none=True)
         recs, excls = [], []
         for micro_step in micro_steps:
             backend.check_interrupt()
-            rec, excl = micro_step_losses(backend, latents, params, micro_step, null, config.beta, 1.0 / len(micro_steps))
+            rec, excl = micro_step_losses(backend, latents, params, micro_step, null, config.beta,
+                                          scaler.factor / len(micro_steps))
             if not math.isfinite(rec) or math.isinf(excl):
                 raise NonFiniteLossError(
                     f"ConceptPrism Stage 1: the loss became non-finite (rec={rec}, excl={excl}) at step {step_index + 1} of {config.steps} "
@@ -201,9 +213,7 @@ def optimize_tokens(
                     "training_dtype to float32 if you trained in float16. No tokens were output.")
             recs.append(rec)
             excls.append(excl)
-        if config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer, trainable, config.max_grad_norm, step_index + 1)
         history.append(sum(recs) / len(recs), sum(excls) / len(excls))
         if on_step is not None:
             on_step(step_index + 1, config.steps, history.rec[-1], history.excl[-1])

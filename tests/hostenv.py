@@ -58,17 +58,18 @@ def missing_host_reason() -> str:
             "Python (README, 'The two commands'), or install the pack in ComfyUI/custom_nodes.")
 
 
-def import_host(host: Path, pytorch_attention: bool = False) -> Path:
-    """Make ``import comfy`` work from `host` on the CPU and register the pack; returns `host`.
+def import_host(host: Path, pytorch_attention: bool = False, cpu: bool = True) -> Path:
+    """Make ``import comfy`` work from `host` and register the pack; returns `host`.
 
     pytorch_attention: use torch's SDPA as ``--use-pytorch-cross-attention`` does (same maths as the
-    CPU default, sub-quadratic chunking, and several times faster at bench/eval sizes). It must be
-    chosen before ``comfy.model_management`` is first imported.
+    CPU default, sub-quadratic chunking, and several times faster at bench/eval sizes). cpu: force the
+    CPU (tests, CPU benches), as ``--cpu``; False lets the host pick its GPU (bench/gpu.py). Both must
+    be chosen before ``comfy.model_management`` is first imported.
     """
     if str(host) not in sys.path:
         sys.path.insert(0, str(host))
     import comfy.cli_args
-    comfy.cli_args.args.cpu = True  # argument parsing is off when imported as a library; no CUDA here
+    comfy.cli_args.args.cpu = cpu  # argument parsing is off when imported as a library
     if pytorch_attention:
         comfy.cli_args.args.use_pytorch_cross_attention = True
     register_package()

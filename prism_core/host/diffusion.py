@@ -1,17 +1,20 @@
-"""The diffusion model's side of both stages: conditioning inputs and noise predictions, through
-the host's own ``extra_conds``, ``noise_scaling`` and ``apply_model`` so every family is covered."""
+"""The diffusion model's side of both stages: conditioning inputs, native predictions and targets,
+through the host's own ``extra_conds``, ``noise_scaling`` and ``apply_model`` so every family is covered."""
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Sequence
 
 import torch
 
-from ..losses import eps_from_denoised
+import comfy.model_sampling
+
+from ..losses import native_coefficients, native_from_denoised
 
 Cond = dict[str, torch.Tensor]
 
-TRAINING_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# training_dtype widget value -> the diffusion model's compute dtype on the training clone, whatever
+# dtype its weights are stored in (float16 on most GPUs).
+TRAINING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def model_inputs(patcher: Any, cond: torch.Tensor, pooled: torch.Tensor | None, resolution: int,
@@ -28,39 +31,62 @@ def model_inputs(patcher: Any, cond: torch.Tensor, pooled: torch.Tensor | None, 
     return {key: value.cond for key, value in extras.items()}
 
 
-class NoisePredictor:
-    """eps_hat for (latents, timesteps, noise, cond) on a loaded ModelPatcher, under optional autocast.
+def prediction_target(sampling: Any) -> str:
+    """The family's native training target, from the class of the (possibly patched) model_sampling:
+    "eps" for EPS models, "v" for V_PREDICTION (SD2.x-768-v). Raises ValueError for parameterisations
+    the pack does not train (EDM, x0, flow until FLUX support), naming what is supported."""
+    if isinstance(sampling, (comfy.model_sampling.EDM, comfy.model_sampling.X0)) or not isinstance(sampling, comfy.model_sampling.EPS):
+        raise ValueError(
+            f"ConceptPrism trains eps- and v-prediction models (SD1.x, SD2.x, SDXL); this MODEL's sampling is "
+            f"{type(sampling).__name__}. Load one of those checkpoints, and remove ModelSampling* patches that change "
+            "the prediction type.")
+    return "v" if isinstance(sampling, comfy.model_sampling.V_PREDICTION) else "eps"
 
-    The model returns a denoised estimate; eps is recovered from it with the coefficients of the
-    host's own noising (x_t = a*x0 + b*eps), so eps, v and flow models all train in eps space.
+
+class Predictor:
+    """Native predictions and targets for (latents, timesteps, noise, cond) on a loaded training clone.
+
+    The model returns a denoised estimate x0_hat; the family's native prediction (eps_hat, v_hat) is an
+    affine map of (x_t, x0_hat) whose coefficients come from the host's own noising (x_t = a*x0 + b*eps,
+    read off ``noise_scaling``) and sigma_data, and the target is the same map of (x_t, x0)
+    (prism_core.losses). Compute precision is the clone's (``set_model_compute_dtype``, see
+    training_guard.loaded_training_clones); float16 compute asks the loops to scale the loss.
     """
 
-    def __init__(self, patcher: Any, training_dtype: str = "float32") -> None:
+    def __init__(self, patcher: Any, compute_dtype: torch.dtype = torch.float32) -> None:
         self.patcher = patcher
         self.sampling = patcher.get_model_object("model_sampling")
+        self.kind = prediction_target(self.sampling)
         self.num_timesteps = int(self.sampling.sigmas.shape[0])
-        # Reduced precision is for accelerators; on the CPU it is slower, so training stays float32 there.
-        self.autocast_dtype = TRAINING_DTYPES[training_dtype] if patcher.load_device.type != "cpu" else None
+        self.loss_scaling = compute_dtype == torch.float16
         self.device = patcher.load_device
         self.transformer_options = dict(patcher.model_options.get("transformer_options", {}))
 
-    def __call__(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """latents, noise: [B, C, H, W]; timesteps: B indices into the discrete schedule; cond: batched
-        model inputs. Returns eps_hat [B, C, H, W] float32."""
+    def _noised(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sigma [B], x_t [B,C,H,W], c_x [B], c_d [B]) with native = c_x * x_t + c_d * denoised."""
         sampling = self.sampling
         sigma = sampling.sigmas[torch.tensor(list(timesteps))].to(self.device, torch.float32)
-        latents, noise = latents.to(self.device), noise.to(self.device)
+        latents, noise = latents.to(self.device, torch.float32), noise.to(self.device, torch.float32)
         noisy = sampling.noise_scaling(sigma, noise, latents)
-        # x_t = a*x0 + b*eps: read a and b off the host's own noising, so every family is covered.
         ones, zeros = torch.ones_like(sigma).view(-1, 1), torch.zeros_like(sigma).view(-1, 1)
         signal_scale = sampling.noise_scaling(sigma, zeros, ones).view(-1)
         noise_scale = sampling.noise_scaling(sigma, ones, zeros).view(-1)
+        c_x, c_d = native_coefficients(self.kind, sigma, signal_scale, noise_scale, float(getattr(sampling, "sigma_data", 1.0)))
+        return sigma, noisy, c_x, c_d
+
+    def predict(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """latents, noise: [B, C, H, W]; timesteps: B indices into the discrete schedule; cond: batched
+        model inputs. Returns the native prediction [B, C, H, W] float32."""
+        sigma, noisy, c_x, c_d = self._noised(latents, timesteps, noise)
         inputs = {k: v.to(self.device) for k, v in cond.items()}
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                    if self.autocast_dtype is not None else contextlib.nullcontext())
-        with autocast:
-            denoised = self.patcher.model.apply_model(noisy, sigma, transformer_options=self.transformer_options, **inputs)
-        return eps_from_denoised(noisy, denoised.float(), signal_scale, noise_scale)
+        denoised = self.patcher.model.apply_model(noisy, sigma, transformer_options=self.transformer_options, **inputs)
+        return native_from_denoised(noisy, denoised.float(), c_x, c_d)
+
+    def target(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
+        """The native target [B, C, H, W] float32 of the same samples (eps for eps models, v for v models)."""
+        _, noisy, c_x, c_d = self._noised(latents, timesteps, noise)
+        return native_from_denoised(noisy, latents.to(self.device, torch.float32), c_x, c_d)
 
 
 def encode_latents(model: Any, vae: Any, images: torch.Tensor) -> torch.Tensor:

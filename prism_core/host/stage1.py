@@ -66,5 +66,6 @@ def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: T
             target, residuals, starts = initial_vectors(backend, concept.captions, config)
             target, residuals, history = optimize_tokens(backend, latents, target, residuals, config, on_step)
     settings = {**config.to_dict(), "resolution": concept.resolution, "residual_init": starts,
-                "training_dtype": options.training_dtype}
+                "training_dtype": options.training_dtype, "clip_layer": text.clip_layer(clip),
+                "prediction_target": backend.target_kind}
     return PrismTokens(target, residuals, list(concept.captions), list(concept.names), settings, history)

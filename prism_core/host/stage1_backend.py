@@ -10,7 +10,7 @@ import comfy.model_management
 
 from ..optimize import Cond, Prompt, SlotVectors
 from . import text, training_guard
-from .diffusion import TRAINING_DTYPES, NoisePredictor, encode_latents, model_inputs  # noqa: F401 (re-exported)
+from .diffusion import TRAINING_DTYPES, Predictor, encode_latents, model_inputs  # noqa: F401 (re-exported)
 
 
 class ComfyStage1Backend:
@@ -31,9 +31,12 @@ class ComfyStage1Backend:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "ComfyStage1Backend":
+        compute_dtype = TRAINING_DTYPES[self.training_dtype]
         self.train_model, self.train_clip = self._stack.enter_context(training_guard.loaded_training_clones(
-            self.model, self.clip, checkpointing=self.checkpointing))
-        self._predictor = NoisePredictor(self.train_model, self.training_dtype)
+            self.model, self.clip, checkpointing=self.checkpointing, compute_dtype=compute_dtype))
+        self._predictor = Predictor(self.train_model, compute_dtype)
+        self.loss_scaling = self._predictor.loss_scaling
+        self.target_kind = self._predictor.kind
         self.device = self._predictor.device
         return self
 
@@ -56,8 +59,11 @@ class ComfyStage1Backend:
             return self._conditioning(*text.encode_tokens(self.train_clip, self.train_clip.tokenize("")))
 
     # -- diffusion ------------------------------------------------------------------------------
-    def predict_eps(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
-        return self._predictor(latents, timesteps, noise, cond)
+    def predict(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return self._predictor.predict(latents, timesteps, noise, cond)
+
+    def target(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
+        return self._predictor.target(latents, timesteps, noise)
 
     def check_interrupt(self) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()

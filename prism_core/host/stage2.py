@@ -17,8 +17,8 @@ from ..lora_file import LoraWeights, lora_metadata
 from ..lora_train import train_lora
 from ..optimize import Cond, reconstruction_prompt
 from ..token_bank import PrismTokens
-from . import lora_layers, text, training_guard
-from .diffusion import NoisePredictor, encode_latents, model_inputs
+from . import diffusion, lora_layers, text, training_guard
+from .diffusion import TRAINING_DTYPES, Predictor, encode_latents, model_inputs
 from .stage1 import RunOptions
 
 log = logging.getLogger("ConceptPrism")
@@ -39,16 +39,21 @@ class ComfyStage2Backend:
 
     def __enter__(self) -> "ComfyStage2Backend":
         wrappers = {f"{name}.weight": adapter for name, adapter in self.adapters.items()}
+        compute_dtype = TRAINING_DTYPES[self.training_dtype]
         self.train_model, _ = self._stack.enter_context(training_guard.loaded_training_clones(
-            self.model, None, wrappers, self.checkpointing))
-        self._predictor = NoisePredictor(self.train_model, self.training_dtype)
+            self.model, None, wrappers, self.checkpointing, compute_dtype))
+        self._predictor = Predictor(self.train_model, compute_dtype)
+        self.loss_scaling = self._predictor.loss_scaling
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
 
-    def predict_eps(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
-        return self._predictor(latents, timesteps, noise, cond)
+    def predict(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return self._predictor.predict(latents, timesteps, noise, cond)
+
+    def target(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
+        return self._predictor.target(latents, timesteps, noise)
 
     def check_interrupt(self) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -99,6 +104,7 @@ def train_concept_lora(
     lives on a training clone only. `resume` continues a saved LoRA and its step count."""
     family = lora_layers.base_family(model)
     check_tokens_match(clip, tokens, concept)
+    text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
     layers = lora_layers.attention_projections(model)
     names = lora_layers.kohya_names(model, family, layers)
     start_step, earlier_loss = 0, []
@@ -119,7 +125,9 @@ def train_concept_lora(
         if resume is not None and (rank, alpha) != (config.rank, config.alpha):
             log.info("ConceptPrism: resuming keeps the saved LoRA's rank %d and alpha %g (the rank/alpha inputs are not used).", rank, alpha)
         settings = {**config.to_dict(), "rank": rank, "alpha": alpha, "resolution": concept.resolution,
-                    "training_dtype": options.training_dtype, "layers": "attention (to_q, to_k, to_v, to_out.0)"}
+                    "training_dtype": options.training_dtype, "layers": "attention (to_q, to_k, to_v, to_out.0)",
+                    "clip_layer": text.clip_layer(clip),
+                    "prediction_target": diffusion.prediction_target(model.get_model_object("model_sampling"))}
 
         def snapshot(steps_done: int, loss: list[float]) -> LoraWeights:
             return LoraWeights(lora_layers.adapter_tensors(adapters, names),

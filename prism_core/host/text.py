@@ -10,7 +10,7 @@ in differentiably (``SDClipModel.process_tokens``).
 from __future__ import annotations
 
 import copy
-import re
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -20,6 +20,8 @@ import comfy.sd1_clip
 
 from ..optimize import Prompt, SlotVectors
 from ..token_bank import TARGET_SLOT, PrismTokens, is_slot, residual_slot
+
+log = logging.getLogger("ConceptPrism")
 
 FAMILY_NAMES = {
     ("clip_l",): "SD1.x (clip_l)",
@@ -130,15 +132,8 @@ def encode_tokens(clip: Any, tokens: dict[str, list]) -> tuple[torch.Tensor, tor
     """(cond [1, L, D], pooled [1, P] or None) as ``CLIP.encode_from_tokens`` computes them, honouring
     the CLIP's layer setting (CLIPSetLastLayer), without reloading the model per call and without
     breaking the autograd graph. The caller has loaded the CLIP."""
-    model = clip.cond_stage_model
-    model.reset_clip_options()
-    if clip.layer_idx is not None:
-        model.set_clip_options({"layer": clip.layer_idx})
-    # Newer hosts (v0.8.0) run the encoder on an `execution_device` clip option that their
-    # encode_from_tokens sets to the patcher's load device (comfy/sd.py, SDClipModel.forward); older
-    # ones take the embedding weights' device and ignore unknown options, so setting it suits both.
-    model.set_clip_options({"execution_device": clip.patcher.load_device})
-    out = model.encode_token_weights(tokens)
+    apply_clip_options(clip)
+    out = clip.cond_stage_model.encode_token_weights(tokens)
     return out[0], out[1]
 
 
@@ -151,26 +146,72 @@ def vocabulary_statistics(clip: Any) -> dict[str, tuple[torch.Tensor, torch.Tens
     return stats
 
 
+def apply_clip_options(clip: Any) -> None:
+    """Set the CLIP's encoder options as ``CLIP.encode_from_tokens`` does: the layer CLIPSetLastLayer chose
+    (else the family default: SD2 the penultimate layer + final norm, SDXL the penultimate without it)
+    and the device to run on."""
+    model = clip.cond_stage_model
+    model.reset_clip_options()
+    if clip.layer_idx is not None:
+        model.set_clip_options({"layer": clip.layer_idx})
+    # Newer hosts (v0.8.0) run the encoder on an `execution_device` clip option that their
+    # encode_from_tokens sets to the patcher's load device (comfy/sd.py, SDClipModel.forward); older
+    # ones take the embedding weights' device and ignore unknown options, so setting it suits both.
+    model.set_clip_options({"execution_device": clip.patcher.load_device})
+
+
+def literal_chunk(tokenizer: comfy.sd1_clip.SDTokenizer, caption: str) -> tuple[list[tuple[int, float]], range]:
+    """One chunk of the caption's tokens as plain text, padded as the host pads an empty prompt, and the
+    positions of the caption's real tokens (start, end and padding excluded).
+
+    Captions are text, not prompt syntax: "(", ")", ":" and "embedding:" are tokenized as written
+    (the host's ``tokenize_with_weights`` would read them as weights and embedding names), so the ids
+    come from the underlying BPE/SentencePiece tokenizer with its start/end tokens stripped, as the host
+    strips them per word. A caption longer than one chunk is cut to it.
+    """
+    ids = tokenizer.tokenizer(caption)["input_ids"]
+    start = tokenizer.tokens_start
+    ids = ids[start:len(ids) - 1 if tokenizer.tokenizer_adds_end_token else len(ids)]
+    ids = ids[:tokenizer.max_length - start - 1]  # room for the start and end tokens
+    empty = [(t, w) for t, w, *_ in tokenizer.tokenize_with_weights("")[0]]  # [start?, end, padding...]
+    chunk = empty[:start] + [(t, 1.0) for t in ids] + empty[start:]
+    # The caption's tokens take the place of trailing padding, so the chunk keeps the host's length.
+    keep = max(len(empty), start + len(ids) + 1)
+    return chunk[:keep], range(start, start + len(ids))
+
+
 @torch.no_grad()
 def caption_embedding(clip: Any, caption: str) -> dict[str, torch.Tensor]:
-    """{key: [D]}: mean of the encoder's final-layer hidden states over the caption's real tokens
-    (start, end and padding excluded), as the paper's Sec. 3.3 initialisation. The caller has loaded the CLIP."""
+    """{key: [D]}: for each text encoder, the mean over the caption's real tokens of the hidden states the
+    diffusion model is conditioned on (the family's layer, or CLIPSetLastLayer's, as encode_from_tokens
+    gives them), as the paper's Sec. 3.3 initialisation: the reference code's encoders return exactly
+    what its UNet sees (its SD2.1 encoder is already cut to 23 layers). The caller has loaded the CLIP.
+    Raises ValueError for a caption with no tokens."""
+    apply_clip_options(clip)
     out = {}
     for _, tok in sub_tokenizers(clip):
-        encoder = text_encoder(clip, tok.embedding_key)
-        chunk = tok.tokenize_with_weights(caption)[0]
-        ids = [t for t, _ in chunk]
-        start = 1 if tok.start_token is not None else 0
-        end = ids.index(tok.end_token, start) if tok.end_token in ids[start:] else len(ids)
-        device = encoder.transformer.get_input_embeddings().weight.device
-        embeds, _, num_tokens, info = encoder.process_tokens([ids], device)
-        hidden = encoder.transformer(None, None, embeds=embeds, num_tokens=num_tokens, intermediate_output=None,
-                                     dtype=torch.float32, embeds_info=info)[0]
-        real = hidden[0, start:end].float()
-        if real.shape[0] == 0:
+        chunk, real = literal_chunk(tok, caption)
+        if len(real) == 0:
             raise ValueError(f"Caption '{caption}' has no tokens.")
-        out[tok.embedding_key] = real.mean(dim=0).cpu()
+        states = text_encoder(clip, tok.embedding_key).encode_token_weights([chunk])[0]
+        out[tok.embedding_key] = states[0, real.start:real.stop].float().mean(dim=0).cpu()
     return out
+
+
+def clip_layer(clip: Any) -> str:
+    """The encoder layer this CLIP conditions on, as stored with tokens and LoRAs: "default" (the family's:
+    SD1.x last, SD2.x/SDXL penultimate) or CLIPSetLastLayer's index, e.g. "-2"."""
+    return "default" if clip.layer_idx is None else str(int(clip.layer_idx))
+
+
+def warn_on_other_clip_layer(clip: Any, bank: PrismTokens, where: str) -> None:
+    """Log a warning when `clip` conditions on another layer than the tokens were learned with: the learned
+    vectors were fitted to that layer's states, and an other layer changes what they draw."""
+    learned = bank.settings.get("clip_layer")
+    now = clip_layer(clip)
+    if learned is not None and learned != now:
+        log.warning("ConceptPrism %s: these tokens were learned with CLIP layer %s, but this CLIP uses layer %s "
+                    "(CLIPSetLastLayer). Use the same CLIP Set Last Layer setting as in training.", where, learned, now)
 
 
 def slot_lengths_for(target: dict[str, torch.Tensor], residuals: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:

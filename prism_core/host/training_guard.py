@@ -99,7 +99,10 @@ def static_clip(clip: Any) -> Any:
     return copy
 
 
-_SNAPSHOT_ATTRIBUTES = ("weight_function", "bias_function", "forward", "org_forward")
+# comfy_cast_weights / prev_comfy_cast_weights: loading a clone with a compute dtype makes the host cast
+# weights per forward on the shared modules (set_model_compute_dtype -> force_cast_weights).
+_SNAPSHOT_ATTRIBUTES = ("weight_function", "bias_function", "forward", "org_forward", "comfy_cast_weights",
+                        "prev_comfy_cast_weights")
 
 
 @contextlib.contextmanager
@@ -147,15 +150,20 @@ def gradient_checkpointing(diffusion_model: torch.nn.Module) -> None:
 
 @contextlib.contextmanager
 def loaded_training_clones(model: Any, clip: Any | None = None, weight_wrappers: dict[str, Callable] | None = None,
-                           checkpointing: bool = False) -> Iterator[tuple[Any, Any | None]]:
+                           checkpointing: bool = False, compute_dtype: torch.dtype = torch.float32
+                           ) -> Iterator[tuple[Any, Any | None]]:
     """(model clone, CLIP clone or None), loaded for training; the incoming objects stay as they were.
 
-    The model clone copies inference-tensor weights per forward and carries `weight_wrappers`
-    ({"diffusion_model.<module>.weight": wrapper}, e.g. trainable LoRA adapters) through the
-    host's own ``add_weight_wrapper``. Every module attribute the clones touch is put back on exit.
-    Call inside ``torch.inference_mode(False)``.
+    The model clone computes in `compute_dtype` whatever dtype its weights are stored in (the host's own
+    ``set_model_compute_dtype``, as its Train LoRA node does: weights are cast per forward, so float16-
+    stored checkpoints train in float32 by default, and weight wrappers such as LoRA adapters apply on the
+    cast, compute-dtype weight). It copies inference-tensor weights per forward and carries
+    `weight_wrappers` ({"diffusion_model.<module>.weight": wrapper}, e.g. trainable LoRA adapters)
+    through the host's own ``add_weight_wrapper``. Every module attribute the clones touch is put back
+    on exit. Call inside ``torch.inference_mode(False)``.
     """
     train_model = with_weight_copies(static_patcher(model))
+    train_model.set_model_compute_dtype(compute_dtype)
     for key, wrapper in (weight_wrappers or {}).items():
         train_model.add_weight_wrapper(key, wrapper)
     train_clip = None

@@ -14,6 +14,7 @@ class ToyLoraBackend:
     """eps_hat = tanh((z_t) @ (W + up @ down) + context): a frozen W with a low-rank trainable update."""
 
     num_timesteps = 50
+    loss_scaling = False
 
     def __init__(self, max_batch=8, poison=False):
         g = torch.Generator().manual_seed(0)
@@ -22,7 +23,10 @@ class ToyLoraBackend:
         self.down = torch.nn.Parameter(torch.zeros(2, 4))
         self.max_batch, self.poison, self.batches = max_batch, poison, []
 
-    def predict_eps(self, latents, timesteps, noise, cond):
+    def target(self, latents, timesteps, noise):
+        return noise
+
+    def predict(self, latents, timesteps, noise, cond):
         self.batches.append(len(timesteps))
         sigma = torch.tensor([0.1 + t / 10 for t in timesteps]).view(-1, 1)
         out = torch.tanh((latents + sigma * noise) @ (self.frozen + self.up @ self.down) + cond["c"])

@@ -1,8 +1,10 @@
 """Losses (Eqs. 2, 4) and the sampling plan, checked against direct computations."""
 import torch
 
+import pytest
+
 from comfyui_conceptprism.prism_core.losses import (eps_from_denoised, exclusion_loss, micro_step_weights,
-                                                    reconstruction_loss)
+                                                    native_coefficients, native_from_denoised, reconstruction_loss)
 from comfyui_conceptprism.prism_core.schedule import draw_noise, plan_micro_steps
 
 
@@ -14,6 +16,27 @@ def test_eps_recovered_from_denoised_for_eps_and_flow_noising():
     s = torch.tensor([0.1, 0.5, 0.9])
     noisy = (1 - s).view(-1, 1, 1, 1) * x0 + s.view(-1, 1, 1, 1) * eps  # flow models
     assert torch.allclose(eps_from_denoised(noisy, x0, 1 - s, s), eps, atol=1e-5)
+
+
+def test_native_targets_are_eps_and_ddpm_v():
+    """The v row written as DDPM does it (alphabar = 1/(1+sigma^2) for the VP schedule ComfyUI's sigmas encode):
+    v = sqrt(ab) eps - sqrt(1-ab) x0, from the same (x_t, x0) the pack maps affinely."""
+    x0, eps = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    sigma = torch.tensor([0.03, 1.0, 14.6])
+    noisy = x0 + sigma.view(-1, 1, 1, 1) * eps
+    ones = torch.ones(3)
+    assert torch.allclose(native_from_denoised(noisy, x0, *native_coefficients("eps", sigma, ones, sigma)), eps, atol=1e-5)
+    alphabar = (1 / (1 + sigma ** 2)).view(-1, 1, 1, 1)
+    v = alphabar.sqrt() * eps - (1 - alphabar).sqrt() * x0
+    assert torch.allclose(native_from_denoised(noisy, x0, *native_coefficients("v", sigma, ones, sigma)), v, atol=1e-5)
+    # eps loss = alphabar * v loss: the weighting the issue measured (high noise down by up to ~200x).
+    x0_hat = x0 + 0.1 * torch.randn(3, 4, 5, 5)
+    eps_err = native_from_denoised(noisy, x0_hat, *native_coefficients("eps", sigma, ones, sigma)) - eps
+    v_err = native_from_denoised(noisy, x0_hat, *native_coefficients("v", sigma, ones, sigma)) - v
+    ratio = eps_err.pow(2).flatten(1).mean(1) / v_err.pow(2).flatten(1).mean(1)
+    assert torch.allclose(ratio, alphabar.view(-1), rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown prediction target"):
+        native_coefficients("x0", sigma, ones, sigma)
 
 
 def test_exclusion_loss_is_mean_over_anchors_and_null_gets_no_gradient():

@@ -14,6 +14,7 @@ class ToyBackend:
     model: eps_hat = tanh(W z_t + context). Enough structure for gradients to flow both ways."""
 
     num_timesteps = 50
+    loss_scaling = False
 
     def __init__(self, max_batch=8, poison=False):
         g = torch.Generator().manual_seed(0)
@@ -32,7 +33,10 @@ class ToyBackend:
     def encode_null(self):
         return {"c_crossattn": torch.zeros(1, 4)}
 
-    def predict_eps(self, latents, timesteps, noise, cond):
+    def target(self, latents, timesteps, noise):
+        return noise
+
+    def predict(self, latents, timesteps, noise, cond):
         self.calls += 1
         sigma = torch.tensor([0.1 + t / 10 for t in timesteps]).view(-1, 1)
         out = torch.tanh((latents + sigma * noise) @ self.mix + cond["c_crossattn"])

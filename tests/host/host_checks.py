@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+import comfy.model_sampling
 import comfy.sample
 
 RES = 64
@@ -46,3 +47,20 @@ def oracle_eps(model, z, sigma, eps, cond, extra):
     x_t = sampling.noise_scaling(sigma, eps, z)
     x0 = model.model.apply_model(x_t, sigma, c_crossattn=cond, **extra)
     return (x_t - x0) / sigma.view(-1, 1, 1, 1)
+
+
+def oracle_native(model, z, sigma, eps, cond, extra):
+    """(prediction, target) on the family's native target, from apply_model's x0_hat and the host's own
+    noise_scaling, in DDPM's terms (alphabar = 1 / (1 + sigma^2) for these VP sigmas): eps models predict
+    eps; v models predict v = sqrt(alphabar) * eps - sqrt(1 - alphabar) * x0 (both for the model's
+    estimates and for the true (eps, x0))."""
+    sampling = model.get_model_object("model_sampling")
+    x_t = sampling.noise_scaling(sigma, eps, z)
+    x0_hat = model.model.apply_model(x_t, sigma, c_crossattn=cond, **extra).float()
+    s = sigma.view(-1, 1, 1, 1)
+    eps_hat = (x_t - x0_hat) / s
+    if isinstance(sampling, comfy.model_sampling.V_PREDICTION):
+        alphabar = 1 / (1 + s ** 2)
+        v = lambda e, x: alphabar.sqrt() * e - (1 - alphabar).sqrt() * x
+        return v(eps_hat, x0_hat), v(eps, z)
+    return eps_hat, eps

@@ -116,7 +116,7 @@ def test_table2_configurations_from_node_inputs(tiny):
 
 
 def _residual_gap(models, tokens: PrismTokens, concept) -> float:
-    """Mean ||eps(z_j, res_i) - eps(z_j, null)||^2 over i, j != i and a fixed held-out set of (t, eps)."""
+    """Mean ||pred(z_j, res_i) - pred(z_j, null)||^2 over i, j != i and a fixed held-out set of (t, eps)."""
     lengths = text.slot_lengths_for(tokens.target, tokens.residuals)
     from comfyui_conceptprism.prism_core.optimize import residual_prompt
     gaps = []
@@ -130,8 +130,8 @@ def _residual_gap(models, tokens: PrismTokens, concept) -> float:
                 for j in (j for j in range(len(concept)) if j != i):
                     for t in (100, 400, 700):
                         eps = torch.randn((1, *latents.shape[1:]), generator=g)
-                        a = backend.predict_eps(latents[j:j + 1], [t], eps, res)
-                        b = backend.predict_eps(latents[j:j + 1], [t], eps, null)
+                        a = backend.predict(latents[j:j + 1], [t], eps, res)
+                        b = backend.predict(latents[j:j + 1], [t], eps, null)
                         gaps.append(float(((a - b) ** 2).mean()))
     return sum(gaps) / len(gaps)
 

@@ -1,4 +1,5 @@
-"""Stage 1 on real (tiny) ComfyUI models: the losses equal an oracle built from host primitives only."""
+"""Stage 1 on real (tiny) ComfyUI models: the losses equal an oracle built from host primitives only,
+on each family's native target (eps for SD1.5/SDXL, v for the SD2 v-prediction model)."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,7 @@ from host_setup import require_host
 require_host()
 
 from conftest import FAMILIES  # noqa: E402
-from host_checks import oracle_cond, oracle_eps  # noqa: E402
+from host_checks import oracle_cond, oracle_native  # noqa: E402
 from comfyui_conceptprism.prism_core.optimize import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.host import text  # noqa: E402
@@ -46,13 +47,14 @@ def test_rec_and_excl_equal_host_oracle(family, tiny, embedding_root):
         eps = torch.randn((3, *z.shape[1:]), generator=torch.Generator().manual_seed(1234))
         sigmas = models.model.get_model_object("model_sampling").sigmas[torch.tensor(step.timesteps)].float()
         cond, extra = oracle_cond(models, f"embedding:oracle_t_{family} with embedding:oracle_r_{family}")
-        oracle_rec = ((oracle_eps(models.model, z[1:2], sigmas[0:1], eps[0:1], cond, extra) - eps[0:1]) ** 2).mean()
+        prediction, target = oracle_native(models.model, z[1:2], sigmas[0:1], eps[0:1], cond, extra)
+        oracle_rec = ((prediction - target) ** 2).mean()
         res_cond, res_extra = oracle_cond(models, f"embedding:oracle_r_{family}")
         null_cond, null_extra = oracle_cond(models, "")
         gaps = []
         for k, j in enumerate(step.anchors):
             args = (z[j:j + 1], sigmas[1 + k:2 + k], eps[1 + k:2 + k])
-            gap = oracle_eps(models.model, *args, res_cond, res_extra) - oracle_eps(models.model, *args, null_cond, null_extra)
+            gap = oracle_native(models.model, *args, res_cond, res_extra)[0] - oracle_native(models.model, *args, null_cond, null_extra)[0]
             gaps.append((gap ** 2).mean())
         oracle_excl = torch.stack(gaps).mean()
 

@@ -21,7 +21,7 @@ import nodes as host_nodes  # noqa: E402
 
 from conftest import FAMILIES  # noqa: E402
 from graph_helpers import CAPTURED, register_test_nodes, run_graph, stage1_graph, write_images  # noqa: E402
-from host_checks import RES, host_outputs, module_state, oracle_cond, oracle_eps  # noqa: E402
+from host_checks import RES, host_outputs, module_state, oracle_cond, oracle_eps, oracle_native  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.nodes.loss_graph import PrismLossGraph  # noqa: E402
@@ -120,7 +120,8 @@ def test_loss_layers_and_training_prompts_equal_host_oracle(family, tiny, embedd
             eps = torch.randn((1, *z.shape[1:]), generator=torch.Generator().manual_seed(step.noise_seed))
             cond, extra = oracle_cond(models, f"embedding:s2_t_{family} with embedding:s2_r{step.image}_{family}", patched)
             sigma = sigmas[torch.tensor(step.timesteps)].float()
-            expected = ((oracle_eps(patched, z[step.image:step.image + 1], sigma, eps, cond, extra) - eps) ** 2).mean()
+            prediction, target = oracle_native(patched, z[step.image:step.image + 1], sigma, eps, cond, extra)
+            expected = ((prediction - target) ** 2).mean()
             assert losses[k] == pytest.approx(float(expected), rel=1e-4, abs=1e-6), (family, k)
 
     # The same adapters written as a LoRA file's tensors and patched in by the host give the same model.
@@ -216,7 +217,7 @@ def test_steps_are_optimizer_updates_checkpoints_and_resume(tiny, lora_dir, monk
     models = tiny("sd15")
     tokens, concept = _tokens(models), _concept()
     calls = {"step": 0, "predict": 0}
-    original_step, original_predict = torch.optim.AdamW.step, ComfyStage2Backend.predict_eps
+    original_step, original_predict = torch.optim.AdamW.step, ComfyStage2Backend.predict
 
     def counting_step(self, *a, **k):
         calls["step"] += 1
@@ -226,7 +227,7 @@ def test_steps_are_optimizer_updates_checkpoints_and_resume(tiny, lora_dir, monk
         calls["predict"] += 1
         return original_predict(self, *a, **k)
     monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
-    monkeypatch.setattr(ComfyStage2Backend, "predict_eps", counting_predict)
+    monkeypatch.setattr(ComfyStage2Backend, "predict", counting_predict)
 
     with torch.inference_mode():
         full = PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens,

@@ -32,17 +32,21 @@ class TinyModels:
     vae: comfy.sd.VAE
 
 
-def _init_(module: torch.nn.Module, seed: int) -> None:
+def _init_(module: torch.nn.Module, seed: int, rounded_like: torch.dtype | None = None) -> None:
+    """Seeded values, written into parameters of any dtype (float16/bfloat16 storage rounds them).
+    rounded_like: round float32 parameters through that dtype, so a float32 twin holds exactly the
+    values a model stored in that dtype holds."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             if p.ndim >= 2:
                 fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=generator) / fan_in ** 0.5)
+                value = torch.randn(p.shape, generator=generator) / fan_in ** 0.5
             elif name.endswith("weight"):
-                p.fill_(1.0)
+                value = torch.ones(p.shape)
             else:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+                value = torch.randn(p.shape, generator=generator) * 0.02
+            p.copy_(value.to(rounded_like).float() if rounded_like is not None else value)
 
 
 def _clip_config(width: int, layers: int, heads: int) -> dict:
@@ -50,9 +54,10 @@ def _clip_config(width: int, layers: int, heads: int) -> dict:
             "num_hidden_layers": layers, "projection_dim": width}
 
 
-def _unet(config_class, unet_config: dict, model_class, **kwargs):
+def _unet(config_class, unet_config: dict, model_class, dtype: torch.dtype, **kwargs):
     config = config_class({**config_class.unet_config, **unet_config})
-    config.set_inference_dtype(torch.float32, None)
+    # As ComfyUI's loader on a GPU: weights stored in `dtype`, no manual cast (compute follows storage).
+    config.set_inference_dtype(dtype, None)
     return model_class(config, **kwargs)
 
 
@@ -77,32 +82,37 @@ def _unet_common(context_dim: int, channels: int) -> dict:
             }
 
 
-def build(family: str, seed: int = 0, embedding_directory: str | None = None) -> TinyModels:
+def build(family: str, seed: int = 0, embedding_directory: str | None = None, unet_dtype: torch.dtype = torch.float32,
+          clip_dtype: torch.dtype | None = None, rounded_like: torch.dtype | None = None) -> TinyModels:
+    """Tiny models of `family`. unet_dtype / clip_dtype: how weights are stored (clip_dtype None: the host's
+    default text-encoder dtype, float16 even on the CPU). rounded_like: with float32 storage, hold exactly
+    the values a model stored in that dtype holds (a float32 twin of a float16/bfloat16 build)."""
+    clip_options = {"dtype": clip_dtype} if clip_dtype is not None else {}
     with torch.inference_mode():
         if family == "sd15":
             unet = _unet(comfy.supported_models.SD15, {**_unet_common(768, 32), "num_heads": 4, "num_head_channels": -1,
-                                                      "use_linear_in_transformer": False}, comfy.model_base.BaseModel)
+                                                      "use_linear_in_transformer": False}, comfy.model_base.BaseModel, unet_dtype)
             clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
                                  embedding_directory=embedding_directory,
-                                 model_options={"clip_l_model_config": _clip_config(768, 2, 12)})
+                                 model_options={**clip_options, "clip_l_model_config": _clip_config(768, 2, 12)})
         elif family == "sd2v":
             unet = _unet(comfy.supported_models.SD20, {**_unet_common(1024, 64), "num_heads": -1, "num_head_channels": 64},
-                         comfy.model_base.BaseModel, model_type=comfy.model_base.ModelType.V_PREDICTION)
+                         comfy.model_base.BaseModel, unet_dtype, model_type=comfy.model_base.ModelType.V_PREDICTION)
             clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.text_encoders.sd2_clip.SD2Tokenizer, comfy.text_encoders.sd2_clip.SD2ClipModel),
                                  embedding_directory=embedding_directory,
-                                 model_options={"clip_h_model_config": _clip_config(1024, 3, 16)})
+                                 model_options={**clip_options, "clip_h_model_config": _clip_config(1024, 3, 16)})
         elif family == "sdxl":
             unet = _unet(comfy.supported_models.SDXL, {**_unet_common(2048, 64), "num_heads": -1, "num_head_channels": 64,
                                                       "adm_in_channels": 1280 + 1536, "num_classes": "sequential"},
-                         comfy.model_base.SDXL)
+                         comfy.model_base.SDXL, unet_dtype)
             clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel),
                                  embedding_directory=embedding_directory,
-                                 model_options={"clip_l_model_config": _clip_config(768, 3, 12),
+                                 model_options={**clip_options, "clip_l_model_config": _clip_config(768, 3, 12),
                                                 "clip_g_model_config": _clip_config(1280, 3, 20)})
         else:
             raise ValueError(family)
-        _init_(unet.diffusion_model, seed)
-        _init_(clip.cond_stage_model, seed + 1)
+        _init_(unet.diffusion_model, seed, rounded_like)
+        _init_(clip.cond_stage_model, seed + 1, rounded_like)
         device = comfy.model_management.get_torch_device()
         model = comfy.model_patcher.ModelPatcher(unet, load_device=device, offload_device=device)
         vae = _vae(seed + 2)
