@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -43,7 +44,7 @@ def _concept(n: int, resolution: int):
     return ConceptSet(images, tuple(f"{i}.png" for i in range(n)), captions, resolution, "bench")
 
 
-def _timed_steps(synchronize) -> tuple[list[float], callable]:
+def _timed_steps(synchronize: Callable[[], None]) -> tuple[list[float], Callable[..., None]]:
     times, last = [], [None]
 
     def on_step(step, steps, *losses):

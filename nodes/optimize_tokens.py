@@ -43,7 +43,7 @@ class OptimizePrismTokens:
             "optional": {
                 "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Most samples sharing one model call (reconstruction + anchors). Lower it if you run out of memory; results do not change."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, about 30% slower. Results do not change."}),
-                "training_dtype": (list(TRAINING_DTYPES), {"default": "float32", "tooltip": "Autocast precision for the diffusion model on a GPU (bfloat16 saves memory and time on recent cards); on the CPU training stays float32. The token vectors always stay float32."}),
+                "training_dtype": (list(TRAINING_DTYPES), {"default": "float32", "tooltip": "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI loads SD checkpoints in float16 on most GPUs). float32: exact gradients, including the small exclusion term (the default; about 2x the memory and time of the others on a GPU). bfloat16: half the activation memory, faster on RTX 30xx and newer, gradients slightly rounded. float16: any GPU, with dynamic loss scaling (an overflowing step is skipped and the scale lowered). The token vectors always stay float32."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

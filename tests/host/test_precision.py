@@ -4,9 +4,8 @@ proved against float32 twins holding the very same rounded values.
 - training_dtype float32 computes the diffusion model in float32 whatever the storage: Stage 1's and
   Stage 2's first-step losses and gradients equal the twin's (the text encoders compute in float32
   through the host's manual cast already, in both builds);
-- float16 compute with dynamic loss scaling at SD's real latent size gives finite, non-zero gradients;
-  the cosine of the exclusion-only gradient against float32 is reported for plain float16, scaled
-  float16 and bfloat16 (printed, `pytest -s`; not asserted: it is a measurement for choosing the default);
+- float16 compute with dynamic loss scaling at SD's real latent size gives finite, non-zero gradients
+  (the cosines of the exclusion-only gradient per compute dtype are measured by `bench/run.py precision`);
 - a LoRA update of 1e-4 of ||W|| on reduced-precision weights is applied at float32 precision.
 """
 from __future__ import annotations
@@ -22,7 +21,7 @@ import tiny_models  # noqa: E402
 from conftest import FAMILIES  # noqa: E402
 from host_checks import RES  # noqa: E402
 from comfyui_conceptprism.prism_core.lora_train import step_losses  # noqa: E402
-from comfyui_conceptprism.prism_core.optimize import TokenParameters, micro_step_losses, residual_prompt  # noqa: E402
+from comfyui_conceptprism.prism_core.optimize import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text, training_guard  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
@@ -120,43 +119,20 @@ def test_stage2_float32_compute_on_reduced_precision_weights_equals_the_float32_
                   f"{family} {stored} adapter gradients")
 
 
-def _exclusion_gradient(models, training_dtype, images, loss_scale):
-    """d L_excl / d residual vectors of image 0, with the anchors' null predictions as constants."""
-    target, residuals = _vectors(models.clip)
-    with torch.inference_mode(False):
-        latents = encode_latents(models.model, models.vae, images)
-        lengths = text.slot_lengths_for(target, residuals)
-        with ComfyStage1Backend(models.model, models.clip, lengths, images.shape[1], max_batch=2,
-                                training_dtype=training_dtype) as backend:
-            params = TokenParameters.from_initial(target, residuals)
-            cond = backend.encode(residual_prompt(0), params.slots(0))
-            anchors, timesteps = [1, 2], [300, 700]
-            noise = torch.randn((2, *latents.shape[1:]), generator=torch.Generator().manual_seed(11))
-            with torch.no_grad():
-                null = backend.predict(latents[anchors], timesteps, noise, {k: torch.cat([v] * 2) for k, v in backend.encode_null().items()})
-            prediction = backend.predict(latents[anchors], timesteps, noise, {k: torch.cat([v] * 2) for k, v in cond.items()})
-            loss = (prediction - null).pow(2).mean()
-            (grad,) = torch.autograd.grad(loss * loss_scale, [params.residuals[k] for k in params.residuals][:1])
-    return (grad[0] / loss_scale).flatten().double()
-
-
-def test_float16_with_loss_scaling_at_sd_latent_size_gives_finite_gradients_and_report_cosines():
-    """SD's real latent size (4x64x64, 512 px) on the fp16-stored tiny SD1.5 model."""
+def test_float16_with_loss_scaling_at_sd_latent_size_gives_finite_gradients():
+    """SD's real latent size (4x64x64, 512 px) on the fp16-stored tiny SD1.5 model: one micro-step with
+    anchors in float16 compute, its loss scaled as the default accumulation (4) scales it, gives finite,
+    non-zero token gradients pointing where the float32 ones do. (The cosines per compute dtype of the
+    exclusion-only gradient, and the first exclusion loss, are a measurement: bench/run.py precision.)"""
     reduced, _ = stored_and_twin("sd15", "float16")
     images = _images(res=512)
-    reference = _exclusion_gradient(reduced, "float32", images, 1.0)
-    assert torch.isfinite(reference).all() and reference.abs().sum() > 0
-    cos = lambda g: float(torch.nn.functional.cosine_similarity(g, reference, dim=0)) if g.abs().sum() > 0 else 0.0
-    results = {}
-    for label, dtype, scale in (("float16 plain", "float16", 1.0), ("float16 scaled", "float16", 2.0 ** 16),
-                                ("bfloat16", "bfloat16", 1.0)):
-        grad = _exclusion_gradient(reduced, dtype, images, scale)
-        results[label] = (cos(grad), float(grad.norm() / reference.norm()), int((grad == 0).sum()), grad.numel())
-    print("\nexclusion-only gradient vs float32 (cosine, norm ratio, zero entries of n):", results)
-    # A full step at the default accumulation (4 micro-steps) in float16 with the scaler: finite, non-zero.
-    rec, excl, target_grads, residual_grads = stage1_first_step(reduced, "float16", images, scale=2.0 ** 16 / 4)
-    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in [*target_grads.values(), *residual_grads.values()])
-    assert results["float16 scaled"][0] > 0.9  # scaling recovers the direction the float32 gradient has
+    _, _, want_target, want_residual = stage1_first_step(reduced, "float32", images)
+    _, _, got_target, got_residual = stage1_first_step(reduced, "float16", images, scale=2.0 ** 16 / 4)
+    got = torch.cat([g.flatten() for g in [*got_target.values(), *got_residual.values()]]).double()
+    want = torch.cat([g.flatten() for g in [*want_target.values(), *want_residual.values()]]).double()
+    assert torch.isfinite(got).all() and got.abs().sum() > 0
+    assert all(g.abs().sum() > 0 for g in [*got_target.values(), *got_residual.values()])
+    assert float(torch.nn.functional.cosine_similarity(got, want, dim=0)) > 0.99
 
 
 @pytest.mark.parametrize("stored", list(STORED))
