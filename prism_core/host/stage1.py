@@ -24,7 +24,7 @@ class RunOptions:
     """How to run, not what to learn: memory and precision controls."""
 
     max_batch: int = 8
-    training_dtype: str = "float32"
+    training_dtype: str = "auto"
     gradient_checkpointing: bool = False
 
 
@@ -66,6 +66,6 @@ def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: T
             target, residuals, starts = initial_vectors(backend, concept.captions, config)
             target, residuals, history = optimize_tokens(backend, latents, target, residuals, config, on_step)
     settings = {**config.to_dict(), "resolution": concept.resolution, "residual_init": starts,
-                "training_dtype": options.training_dtype, "clip_layer": text.clip_layer(clip),
+                "training_dtype": backend.compute_dtype, "clip_layer": text.clip_layer(clip),
                 "prediction_target": backend.target_kind}
     return PrismTokens(target, residuals, list(concept.captions), list(concept.names), settings, history)

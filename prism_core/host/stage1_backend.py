@@ -10,7 +10,7 @@ import comfy.model_management
 
 from ..optimize import Cond, Prompt, SlotVectors
 from . import text, training_guard
-from .diffusion import TRAINING_DTYPES, Predictor, encode_latents, model_inputs  # noqa: F401 (re-exported)
+from .diffusion import TRAINING_DTYPES, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs  # noqa: F401 (re-exported)
 
 
 class ComfyStage1Backend:
@@ -31,7 +31,8 @@ class ComfyStage1Backend:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "ComfyStage1Backend":
-        compute_dtype = TRAINING_DTYPES[self.training_dtype]
+        compute_dtype = resolve_dtype(self.training_dtype, self.model.load_device)
+        self.compute_dtype = dtype_name(compute_dtype)
         self.train_model, self.train_clip = self._stack.enter_context(training_guard.loaded_training_clones(
             self.model, self.clip, checkpointing=self.checkpointing, compute_dtype=compute_dtype))
         self._predictor = Predictor(self.train_model, compute_dtype)

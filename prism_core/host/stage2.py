@@ -18,7 +18,7 @@ from ..lora_train import train_lora
 from ..optimize import Cond, reconstruction_prompt
 from ..token_bank import PrismTokens
 from . import diffusion, lora_layers, text, training_guard
-from .diffusion import TRAINING_DTYPES, Predictor, encode_latents, model_inputs
+from .diffusion import Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
 from .stage1 import RunOptions
 
 log = logging.getLogger("ConceptPrism")
@@ -39,7 +39,8 @@ class ComfyStage2Backend:
 
     def __enter__(self) -> "ComfyStage2Backend":
         wrappers = {f"{name}.weight": adapter for name, adapter in self.adapters.items()}
-        compute_dtype = TRAINING_DTYPES[self.training_dtype]
+        compute_dtype = resolve_dtype(self.training_dtype, self.model.load_device)
+        self.compute_dtype = dtype_name(compute_dtype)
         self.train_model, _ = self._stack.enter_context(training_guard.loaded_training_clones(
             self.model, None, wrappers, self.checkpointing, compute_dtype))
         self._predictor = Predictor(self.train_model, compute_dtype)
@@ -125,7 +126,7 @@ def train_concept_lora(
         if resume is not None and (rank, alpha) != (config.rank, config.alpha):
             log.info("ConceptPrism: resuming keeps the saved LoRA's rank %d and alpha %g (the rank/alpha inputs are not used).", rank, alpha)
         settings = {**config.to_dict(), "rank": rank, "alpha": alpha, "resolution": concept.resolution,
-                    "training_dtype": options.training_dtype, "layers": "attention (to_q, to_k, to_v, to_out.0)",
+                    "training_dtype": dtype_name(resolve_dtype(options.training_dtype, model.load_device)), "layers": "attention (to_q, to_k, to_v, to_out.0)",
                     "clip_layer": text.clip_layer(clip),
                     "prediction_target": diffusion.prediction_target(model.get_model_object("model_sampling"))}
 

@@ -161,3 +161,17 @@ def test_small_lora_update_on_reduced_precision_weights_applies_at_float32(store
     want = x @ expected_delta.T
     rel = float((change - want).norm() / want.norm())
     assert rel < 1e-2, rel
+
+
+def test_auto_precision_follows_the_hosts_choice_for_the_device(monkeypatch):
+    """auto: float32 on the CPU; on a GPU, loss-scaled float16 where the host would run float16, else
+    bfloat16 where it supports that, else float32 (the host's should_use_fp16/bf16 stand in for a GPU here)."""
+    import comfy.model_management as mm
+    from comfyui_conceptprism.prism_core.host.diffusion import compute_dtype
+    cuda = torch.device("cuda", 0)
+    assert compute_dtype("auto", torch.device("cpu")) == torch.float32
+    assert compute_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    for fp16, bf16, want in ((True, True, torch.float16), (False, True, torch.bfloat16), (False, False, torch.float32)):
+        monkeypatch.setattr(mm, "should_use_fp16", lambda *a, **k: fp16)
+        monkeypatch.setattr(mm, "should_use_bf16", lambda *a, **k: bf16)
+        assert compute_dtype("auto", cuda) == want
