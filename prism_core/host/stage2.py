@@ -13,12 +13,14 @@ import comfy.sd
 
 from ..concept_set import ConceptSet
 from ..config import LoraConfig
+from ..input_checks import check_training_inputs
 from ..lora_file import LoraWeights, lora_metadata
 from ..lora_train import train_lora
 from ..optimize import Cond, reconstruction_prompt
 from ..token_bank import PrismTokens
 from . import lora_layers, text, training_guard
 from .diffusion import NoisePredictor, encode_latents, model_inputs
+from .resume_point import resume_point
 from .stage1 import RunOptions
 
 log = logging.getLogger("ConceptPrism")
@@ -96,20 +98,18 @@ def train_concept_lora(
     on_checkpoint: Callable[[LoraWeights], None] | None = None,
 ) -> LoraRun:
     """Paper Algorithm 2 on a MODEL/CLIP/VAE. The incoming objects are left as they were; the LoRA
-    lives on a training clone only. `resume` continues a saved LoRA and its step count."""
+    lives on a training clone only. `resume` continues a saved LoRA and its step count, if it was trained
+    on these tokens and images (see resume_point)."""
     family = lora_layers.base_family(model)
     check_tokens_match(clip, tokens, concept)
     layers = lora_layers.attention_projections(model)
     names = lora_layers.kohya_names(model, family, layers)
-    start_step, earlier_loss = 0, []
-    if resume is not None:
-        start_step, earlier_loss = resume.steps, resume.loss
-        if resume.metadata.get("conceptprism.family") != family.label:
-            raise ValueError(f"The LoRA to resume was trained on {resume.metadata.get('conceptprism.family')}, this MODEL is "
-                             f"{family.label}. Pick a LoRA trained on this family, or set resume_from to none.")
+    start = resume_point(resume, family, tokens, concept, config, options.training_dtype)
+    start_step, earlier_loss = start.start_step, start.loss
     with torch.inference_mode(False):
         conds = training_conditionings(model, clip, tokens, concept.resolution)
         latents = encode_latents(model, vae, concept.images.clone())
+        check_training_inputs(concept.images, latents, concept.names, concept.source)
         if resume is not None:
             adapters = lora_layers.adapters_from_file(names, dict(resume))
         else:
@@ -123,7 +123,8 @@ def train_concept_lora(
 
         def snapshot(steps_done: int, loss: list[float]) -> LoraWeights:
             return LoraWeights(lora_layers.adapter_tensors(adapters, names),
-                               lora_metadata(family, rank, alpha, steps_done, settings, tokens, earlier_loss + loss))
+                               lora_metadata(family, rank, alpha, steps_done, settings, tokens, earlier_loss + loss,
+                                             start.images, start.runs_until(settings, steps_done)))
 
         loss: list[float] = []
 
