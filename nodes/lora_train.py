@@ -71,8 +71,7 @@ class PrismLoRATrain:
         options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing)
         resume = None
         if resume_from and resume_from != NO_RESUME:
-            resume = read_lora(Path(folder_paths.get_full_path_or_raise("loras", resume_from)))
-            resume.source = resume_from  # named in messages as the widget shows it
+            resume = read_lora(Path(folder_paths.get_full_path_or_raise("loras", resume_from)), resume_from)
         if checkpoint_every:
             checkpoint_prefix = checked_prefix("checkpoint_prefix", checkpoint_prefix)  # before training, not at step N
 

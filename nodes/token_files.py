@@ -80,4 +80,4 @@ class LoadPrismTokens:
         }}
 
     def load(self, token_file: str):
-        return (PrismTokens.load(Path(folder_paths.get_full_path_or_raise(TOKENS_FOLDER, token_file))),)
+        return (PrismTokens.load(Path(folder_paths.get_full_path_or_raise(TOKENS_FOLDER, token_file)), token_file),)

@@ -147,11 +147,13 @@ def save_lora(weights: LoraWeights, root: Path, prefix: str, dtype: str = "float
     return save_new_safetensors(root, prefix, tensors, {**weights.metadata, "conceptprism.save_dtype": dtype})
 
 
-def read_lora(path: Path) -> LoraWeights:
-    """A LoRA written by `save_lora` (tensors as float32). Raises with the fix for other files."""
+def read_lora(path: Path, label: str | None = None) -> LoraWeights:
+    """A LoRA written by `save_lora` (tensors as float32), its `source` set to `label` (the name the user
+    picked; default the file name). Raises with the fix for other files."""
+    label = label or path.name
     tensors, metadata = load_safetensors(path)
     if metadata.get("conceptprism.format") != FORMAT:
-        raise ValueError(f"{path.name} is not a ConceptPrism LoRA (no '{FORMAT}' header), so its step count and "
+        raise ValueError(f"'{label}' is not a ConceptPrism LoRA (no '{FORMAT}' header), so its step count and "
                          "settings are unknown. Resume only from LoRAs saved by Save Prism LoRA or its checkpoints.")
-    return LoraWeights({k: v.float() for k, v in tensors.items()}, metadata, path.name)
+    return LoraWeights({k: v.float() for k, v in tensors.items()}, metadata, label)
 
