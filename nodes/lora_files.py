@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..prism_core.lora_file import SAVE_DTYPES, save_lora
+from ..prism_core.names import checked_prefix
 from ..prism_core.host.folders import first_folder
 from .types import CATEGORY, LORA_MODEL
 
@@ -21,7 +22,7 @@ class SavePrismLoRA:
     def INPUT_TYPES(cls):
         return {"required": {
             "lora": (LORA_MODEL, {"tooltip": "From Prism LoRA Train."}),
-            "filename_prefix": ("STRING", {"default": "conceptprism/concept_lora", "tooltip": "Name (and optional subfolder) inside models/loras. A counter is appended; existing files are never overwritten."}),
+            "filename_prefix": ("STRING", {"default": "conceptprism/concept_lora", "tooltip": "Name (and optional subfolder) inside models/loras. A counter is appended; existing files are never overwritten. < > : \" | ? * become '_'."}),
             "save_dtype": (list(SAVE_DTYPES), {"default": "float32", "tooltip": "float32 keeps the trained values exactly; float16 or bfloat16 halve the file."}),
         }}
 
@@ -30,5 +31,5 @@ class SavePrismLoRA:
             raise ValueError("Save Prism LoRA: this LORA_MODEL did not come from Prism LoRA Train (it has no ConceptPrism "
                              "header). Save it with the host's Save LoRA Weights node instead.")
         root = first_folder("loras")
-        name = save_lora(lora, root, filename_prefix, save_dtype).relative_to(root).as_posix()
+        name = save_lora(lora, root, checked_prefix("filename_prefix", filename_prefix), save_dtype).relative_to(root.resolve()).as_posix()
         return {"ui": {"text": [name]}, "result": (name,)}

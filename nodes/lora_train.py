@@ -7,6 +7,7 @@ import folder_paths
 
 from ..prism_core.config import LoraConfig, help_text
 from ..prism_core.lora_file import LoraWeights, read_lora, save_lora
+from ..prism_core.names import checked_prefix
 from ..prism_core.host.diffusion import TRAINING_DTYPES
 from ..prism_core.host.folders import first_folder
 from ..prism_core.host.runtime import step_reporter
@@ -56,8 +57,8 @@ class PrismLoRATrain:
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, slower. Results do not change."}),
                 "training_dtype": (list(TRAINING_DTYPES), {"default": "auto", "tooltip": "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI loads SD checkpoints in float16 on most GPUs). auto (default): float16 with dynamic loss scaling on GPUs that run float16 well (measured: the float32 gradient to a cosine of 0.9999999, for about half the memory and time), else bfloat16, else float32; float32 on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). The LoRA weights always stay float32 and apply on the float32 weight in float32 mode."}),
                 "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": _tip("checkpoint_every")}),
-                "checkpoint_prefix": ("STRING", {"default": "conceptprism/concept_lora", "tooltip": "Name (and optional subfolder) in models/loras for checkpoints; '_stepNNNN' and a counter are appended."}),
-                "resume_from": ([NO_RESUME] + folder_paths.get_filename_list("loras"), {"default": NO_RESUME, "tooltip": "Continue a LoRA saved by Save Prism LoRA (or a checkpoint): its weights, rank, alpha and step count carry on; 'steps' more steps are trained."}),
+                "checkpoint_prefix": ("STRING", {"default": "conceptprism/concept_lora", "tooltip": "Name (and optional subfolder) in models/loras for checkpoints; '_stepNNNN' and a counter are appended. < > : \" | ? * become '_'."}),
+                "resume_from": ([NO_RESUME] + folder_paths.get_filename_list("loras"), {"default": NO_RESUME, "tooltip": "Continue a LoRA saved by Save Prism LoRA (or a checkpoint): its weights, rank, alpha and step count carry on; 'steps' more steps are trained. Refused if it was trained on other tokens or images; other seed or accumulation settings are warned about and recorded."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -70,7 +71,9 @@ class PrismLoRATrain:
         options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing)
         resume = None
         if resume_from and resume_from != NO_RESUME:
-            resume = read_lora(Path(folder_paths.get_full_path_or_raise("loras", resume_from)))
+            resume = read_lora(Path(folder_paths.get_full_path_or_raise("loras", resume_from)), resume_from)
+        if checkpoint_every:
+            checkpoint_prefix = checked_prefix("checkpoint_prefix", checkpoint_prefix)  # before training, not at step N
 
         def save_checkpoint(weights: LoraWeights) -> None:
             save_lora(weights, first_folder("loras"), f"{checkpoint_prefix}_step{weights.steps:04d}")

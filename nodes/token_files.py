@@ -6,13 +6,15 @@ from pathlib import Path
 import folder_paths
 
 from ..prism_core.files import save_new_safetensors
+from ..prism_core.names import checked_prefix
 from ..prism_core.token_bank import PrismTokens
 from ..prism_core.host.folders import TOKENS_FOLDER, first_folder
 from .types import CATEGORY, PRISM_TOKENS
 
 
 def _name_in(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()
+    # Saves resolve the folder (a models folder is often a symlink), so the name is taken against the resolved one.
+    return path.relative_to(root.resolve()).as_posix()
 
 
 class SavePrismEmbedding:
@@ -29,12 +31,13 @@ class SavePrismEmbedding:
     def INPUT_TYPES(cls):
         return {"required": {
             "tokens": (PRISM_TOKENS, {"tooltip": "The learned tokens; only the target token is saved (residual tokens describe the training images, not the concept)."}),
-            "filename_prefix": ("STRING", {"default": "conceptprism/concept", "tooltip": "Name (and optional subfolder) inside models/embeddings. A counter is appended; existing files are never overwritten."}),
+            "filename_prefix": ("STRING", {"default": "conceptprism/concept", "tooltip": "Name (and optional subfolder) inside models/embeddings. A counter is appended; existing files are never overwritten. Spaces, brackets and < > : \" | ? * cannot be in a prompt word: each run of them becomes '_' (the console says so)."}),
         }}
 
     def save(self, tokens: PrismTokens, filename_prefix: str):
         root = first_folder("embeddings")
-        path = save_new_safetensors(root, filename_prefix, tokens.embedding_tensors(),
+        prefix = checked_prefix("filename_prefix", filename_prefix, for_prompt=True)
+        path = save_new_safetensors(root, prefix, tokens.embedding_tensors(),
                                     {"conceptprism.text_encoders": tokens.family})
         word = "embedding:" + _name_in(root, path.with_suffix(""))
         return {"ui": {"text": [word]}, "result": (word,)}
@@ -52,12 +55,12 @@ class SavePrismTokens:
     def INPUT_TYPES(cls):
         return {"required": {
             "tokens": (PRISM_TOKENS, {"tooltip": "The learned tokens to keep."}),
-            "filename_prefix": ("STRING", {"default": "conceptprism/concept", "tooltip": "Name (and optional subfolder) inside models/prism_tokens. A counter is appended; existing files are never overwritten."}),
+            "filename_prefix": ("STRING", {"default": "conceptprism/concept", "tooltip": "Name (and optional subfolder) inside models/prism_tokens. A counter is appended; existing files are never overwritten. < > : \" | ? * become '_'."}),
         }}
 
     def save(self, tokens: PrismTokens, filename_prefix: str):
         root = first_folder(TOKENS_FOLDER)
-        path = tokens.save(root, filename_prefix)
+        path = tokens.save(root, checked_prefix("filename_prefix", filename_prefix))
         return {"ui": {"text": [_name_in(root, path)]}}
 
 
@@ -77,4 +80,4 @@ class LoadPrismTokens:
         }}
 
     def load(self, token_file: str):
-        return (PrismTokens.load(Path(folder_paths.get_full_path_or_raise(TOKENS_FOLDER, token_file))),)
+        return (PrismTokens.load(Path(folder_paths.get_full_path_or_raise(TOKENS_FOLDER, token_file)), token_file),)

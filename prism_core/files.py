@@ -9,6 +9,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from .names import file_prefix
+
 
 def _counter_pattern(stem: str, extension: str) -> re.Pattern[str]:
     return re.compile(re.escape(stem) + r"_(\d+)_" + re.escape(extension) + r"$")
@@ -22,8 +24,9 @@ def next_counter(directory: Path, stem: str, extension: str) -> int:
 
 
 def split_prefix(root: Path, prefix: str) -> tuple[Path, str]:
-    """ComfyUI's filename_prefix may name a subfolder ("concepts/dog"); keep it inside `root`."""
-    prefix = prefix.strip().replace("\\", "/") or "ConceptPrism"
+    """ComfyUI's filename_prefix may name a subfolder ("concepts/dog"); keep it inside `root`. Characters no
+    portable file name may hold become '_' (`names.file_prefix`; nodes log it through `names.checked_prefix`)."""
+    prefix = file_prefix(prefix)
     target = (root / prefix).resolve()
     root = root.resolve()
     if os.path.commonpath([root, target]) != str(root):

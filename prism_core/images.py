@@ -1,4 +1,4 @@
-"""Concept-set image loading: folder listing, decoding, captions and square resizing.
+"""Concept-set image loading: decoding, caption lines and square resizing (folders: concept_folder.py).
 
 Everything here returns ComfyUI's IMAGE layout without the batch dim: float32 [H, W, 3] in [0, 1].
 Pure module: standard library, numpy, torch and Pillow only (no comfy imports).
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
 
 import numpy as np
 import torch
@@ -23,45 +22,6 @@ class ConceptSetError(ValueError):
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 )
-
-# Caption sidecars live next to the images, so they are expected and silently skipped.
-_SIDECAR_EXTENSION = ".txt"
-_NATURAL_SPLIT = re.compile(r"(\d+)")
-
-
-def _natural_key(path: pathlib.Path) -> tuple[tuple[tuple[int, int | str], ...], str]:
-    # "img2" before "img10", case-insensitive; the raw name breaks ties so order is total and deterministic.
-    parts = _NATURAL_SPLIT.split(path.name.casefold())
-    key = tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p != "")
-    return key, path.name
-
-
-def list_image_files(folder: str | os.PathLike) -> list[pathlib.Path]:
-    """Image files directly in `folder`, in natural, case-insensitive name order.
-
-    Hidden files and `.txt` caption sidecars are skipped, subdirectories are ignored. Any other non-image
-    file raises ConceptSetError (silently dropping it could hide a reference the user meant to include).
-    """
-    root = pathlib.Path(folder).expanduser()
-    if not root.exists():
-        raise ConceptSetError(f"Concept folder '{root}' does not exist: check the path.")
-    if not root.is_dir():
-        raise ConceptSetError(f"Concept folder '{root}' is not a directory: give the folder that holds the images.")
-    images: list[pathlib.Path] = []
-    for entry in root.iterdir():
-        if entry.name.startswith(".") or entry.is_dir():
-            continue
-        suffix = entry.suffix.lower()
-        if suffix == _SIDECAR_EXTENSION:
-            continue
-        if suffix not in IMAGE_EXTENSIONS:
-            allowed = " ".join(sorted(IMAGE_EXTENSIONS))
-            raise ConceptSetError(
-                f"'{entry.name}' in concept folder '{root}' is not an image ({allowed}) or a .txt caption: "
-                "remove it or move it out of the folder."
-            )
-        images.append(entry)
-    return sorted(images, key=_natural_key)
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -124,22 +84,6 @@ def load_image_file(path: str | os.PathLike) -> torch.Tensor:
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ConceptSetError(f"Image '{p.name}' ({p}) is empty: re-save it as PNG or JPEG, or remove it.")
     return torch.from_numpy(np.ascontiguousarray(arr))
-
-
-def read_sidecar_caption(image_path: str | os.PathLike) -> str | None:
-    """Caption from `<stem>.txt` beside the image, whitespace collapsed; None if missing or empty."""
-    p = pathlib.Path(image_path)
-    sidecar = p.with_suffix(_SIDECAR_EXTENSION)
-    if not sidecar.is_file():
-        return None
-    try:
-        text = sidecar.read_bytes().decode("utf-8-sig")  # utf-8-sig drops a leading BOM if present
-    except UnicodeDecodeError as exc:
-        raise ConceptSetError(
-            f"Caption file '{sidecar.name}' ({sidecar}) is not UTF-8 text: re-save it as UTF-8."
-        ) from exc
-    caption = " ".join(text.split())
-    return caption or None
 
 
 def split_caption_lines(text: str) -> list[str]:

@@ -29,11 +29,12 @@ SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": t
 
 class LoraWeights(dict):
     """{kohya tensor name: tensor} (float32, CPU), usable wherever ComfyUI takes a LORA_MODEL, plus
-    `metadata` (str -> str) for the file header."""
+    `metadata` (str -> str) for the file header and `source`, the file it was read from ('' if none)."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: str = "") -> None:
         super().__init__(tensors)
         self.metadata = dict(metadata)
+        self.source = source
 
     @property
     def steps(self) -> int:
@@ -76,13 +77,18 @@ class BaseFamily:
         return self.name + ("-v" if self.v_prediction else "")
 
 
-def token_summary(tokens: PrismTokens) -> dict[str, Any]:
-    """The token bank as header JSON: the target vectors in full (base64 float32 little-endian),
-    the residuals by hash (they describe the training images, not the concept)."""
+def token_hash(tokens: PrismTokens) -> str:
+    """sha256 of the target and residual vectors (float32), per text encoder in key order."""
     digest = hashlib.sha256()
     for key in tokens.encoder_keys:
         for tensor in (tokens.target[key], tokens.residuals[key]):
             digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def token_summary(tokens: PrismTokens) -> dict[str, Any]:
+    """The token bank as header JSON: the target vectors in full (base64 float32 little-endian),
+    the residuals by hash (they describe the training images, not the concept)."""
     return {
         "family": tokens.family,
         "target": {key: {"shape": list(value.shape),
@@ -92,7 +98,7 @@ def token_summary(tokens: PrismTokens) -> dict[str, Any]:
         "image_names": tokens.image_names,
         "captions": tokens.captions,
         "settings": tokens.settings,
-        "sha256": digest.hexdigest(),
+        "sha256": token_hash(tokens),
     }
 
 
@@ -103,8 +109,10 @@ def target_from_summary(summary: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def lora_metadata(family: BaseFamily, rank: int, alpha: float, steps: int, settings: dict[str, Any],
-                  tokens: PrismTokens, loss: list[float]) -> dict[str, str]:
-    """Header strings for a LoRA trained `steps` steps in total with `settings` on `tokens`."""
+                  tokens: PrismTokens, loss: list[float], images: dict[str, Any] | None = None,
+                  runs: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """Header strings for a LoRA trained `steps` steps in total, the last run with `settings`, on `tokens`
+    and `images` (`resume.image_record`); `runs` lists every run's settings and steps (`resume.previous_runs`)."""
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
@@ -124,6 +132,8 @@ def lora_metadata(family: BaseFamily, rank: int, alpha: float, steps: int, setti
         "conceptprism.clip_layer": str(settings.get("clip_layer", "default")),
         "conceptprism.loss": json.dumps([float(x) for x in loss]),
         "conceptprism.tokens": json.dumps(token_summary(tokens)),
+        **({"conceptprism.images": json.dumps(images)} if images is not None else {}),
+        "conceptprism.runs": json.dumps(runs if runs is not None else [{**settings, "first_step": 1, "last_step": steps}]),
     }
 
 
@@ -138,11 +148,13 @@ def save_lora(weights: LoraWeights, root: Path, prefix: str, dtype: str = "float
     return save_new_safetensors(root, prefix, tensors, {**weights.metadata, "conceptprism.save_dtype": dtype})
 
 
-def read_lora(path: Path) -> LoraWeights:
-    """A LoRA written by `save_lora` (tensors as float32). Raises with the fix for other files."""
+def read_lora(path: Path, label: str | None = None) -> LoraWeights:
+    """A LoRA written by `save_lora` (tensors as float32), its `source` set to `label` (the name the user
+    picked; default the file name). Raises with the fix for other files."""
+    label = label or path.name
     tensors, metadata = load_safetensors(path)
     if metadata.get("conceptprism.format") != FORMAT:
-        raise ValueError(f"{path.name} is not a ConceptPrism LoRA (no '{FORMAT}' header), so its step count and "
+        raise ValueError(f"'{label}' is not a ConceptPrism LoRA (no '{FORMAT}' header), so its step count and "
                          "settings are unknown. Resume only from LoRAs saved by Save Prism LoRA or its checkpoints.")
-    return LoraWeights({k: v.float() for k, v in tensors.items()}, metadata)
+    return LoraWeights({k: v.float() for k, v in tensors.items()}, metadata, label)
 

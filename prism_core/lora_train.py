@@ -92,8 +92,11 @@ def train_lora(
         optimizer.zero_grad(set_to_none=True)
         losses = step_losses(backend, latents, conds, micro_steps, parameters, scaler.factor)
         if not all(math.isfinite(x) for x in losses):
+            # The first non-finite entry was computed (later chunks are skipped and left NaN).
+            bad = next(m.image for m, x in zip(micro_steps, losses) if not math.isfinite(x))
             raise NonFiniteLossError(
-                f"ConceptPrism Stage 2: the loss became non-finite ({losses}) at step {step} of {last_step}. "
+                f"ConceptPrism Stage 2: the loss became non-finite ({losses}) at step {step} of {last_step} (on image "
+                f"index {bad}; the images and latents were checked finite before training). "
                 f"Lower learning_rate (e.g. to {config.learning_rate / 4:g}), or set training_dtype to float32 "
                 "if you trained in float16. No LoRA was output.")
         scaler.step(optimizer, parameters, config.max_grad_norm, step)

@@ -209,7 +209,7 @@ def optimize_tokens(
             if not math.isfinite(rec) or math.isinf(excl):
                 raise NonFiniteLossError(
                     f"ConceptPrism Stage 1: the loss became non-finite (rec={rec}, excl={excl}) at step {step_index + 1} of {config.steps} "
-                    f"(image {micro_step.image}). Lower learning_rate (e.g. to {config.learning_rate / 4:g}), or set "
+                    f"(image index {micro_step.image}; the images and latents were checked finite before training). Lower learning_rate (e.g. to {config.learning_rate / 4:g}), or set "
                     "training_dtype to float32 if you trained in float16. No tokens were output.")
             recs.append(rec)
             excls.append(excl)

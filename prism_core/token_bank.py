@@ -110,11 +110,12 @@ class PrismTokens:
         return save_new_safetensors(root, prefix, tensors, metadata)
 
     @classmethod
-    def load(cls, path: Path) -> "PrismTokens":
+    def load(cls, path: Path, label: str | None = None) -> "PrismTokens":
+        """The bank saved at `path`; errors name it as `label` (the name the user picked; default the file name)."""
         tensors, metadata = load_safetensors(path)
         if metadata.get("format") != FORMAT:
             raise ValueError(
-                f"{path.name} is not a ConceptPrism token bank (format '{metadata.get('format')}'). "
+                f"'{label or path.name}' is not a ConceptPrism token bank (format '{metadata.get('format')}'). "
                 "Token banks are written by 'Save Prism Tokens'; for a plain embedding use embedding:<name> in a prompt."
             )
         keys = sorted(k.split(".", 1)[1] for k in tensors if k.startswith("target."))

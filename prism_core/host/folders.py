@@ -6,6 +6,10 @@ from pathlib import Path
 
 import folder_paths
 
+from ..concept_folder import typed_folder
+from ..lora_file import token_hash
+from ..token_bank import PrismTokens
+
 TOKENS_FOLDER = "prism_tokens"
 
 
@@ -22,6 +26,20 @@ def first_folder(kind: str) -> Path:
 
 
 def resolve_input_folder(folder: str) -> Path:
-    """An absolute path as given, or a path relative to ComfyUI's input directory."""
-    path = Path(os.path.expanduser(folder.strip()))
+    """An absolute path as given, or a path relative to ComfyUI's input directory (see `typed_folder`)."""
+    path = Path(os.path.expanduser(typed_folder(folder)))
     return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+
+
+def token_banks_with_hash(sha256: str) -> list[str]:
+    """Names (as Load Prism Tokens lists them) of the saved token banks whose vectors hash to `sha256`."""
+    found = []
+    if TOKENS_FOLDER not in folder_paths.folder_names_and_paths:
+        return found  # the pack's folder is not registered (the pack was imported without its __init__)
+    for name in folder_paths.get_filename_list(TOKENS_FOLDER):
+        try:
+            if token_hash(PrismTokens.load(Path(folder_paths.get_full_path_or_raise(TOKENS_FOLDER, name)))) == sha256:
+                found.append(name)
+        except Exception:  # noqa: BLE001 - a file that does not read as a token bank cannot be the one to connect
+            continue
+    return found

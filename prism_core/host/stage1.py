@@ -10,6 +10,7 @@ import torch
 from ..concept_set import ConceptSet
 from ..config import TokenConfig
 from ..init import random_vectors, repeated_vector
+from ..input_checks import check_training_inputs
 from ..optimize import optimize_tokens
 from ..token_bank import PrismTokens
 from . import text
@@ -60,6 +61,7 @@ def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: T
         {k: torch.empty(len(concept), config.residual_length, w) for k, w in widths.items()})
     with torch.inference_mode(False):
         latents = encode_latents(model, vae, concept.images.clone())
+        check_training_inputs(concept.images, latents, concept.names, concept.source)
         backend = ComfyStage1Backend(model, clip, lengths, concept.resolution, options.max_batch,
                                      options.training_dtype, options.gradient_checkpointing)
         with backend:

@@ -13,12 +13,14 @@ import comfy.sd
 
 from ..concept_set import ConceptSet
 from ..config import LoraConfig
+from ..input_checks import check_training_inputs
 from ..lora_file import LoraWeights, lora_metadata
 from ..lora_train import train_lora
 from ..optimize import Cond, reconstruction_prompt
 from ..token_bank import PrismTokens
 from . import diffusion, lora_layers, text, training_guard
 from .diffusion import Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
+from .resume_point import resume_point
 from .stage1 import RunOptions
 
 log = logging.getLogger("ConceptPrism")
@@ -102,21 +104,20 @@ def train_concept_lora(
     on_checkpoint: Callable[[LoraWeights], None] | None = None,
 ) -> LoraRun:
     """Paper Algorithm 2 on a MODEL/CLIP/VAE. The incoming objects are left as they were; the LoRA
-    lives on a training clone only. `resume` continues a saved LoRA and its step count."""
+    lives on a training clone only. `resume` continues a saved LoRA and its step count, if it was trained
+    on these tokens and images (see resume_point)."""
     family = lora_layers.base_family(model)
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
     layers = lora_layers.attention_projections(model)
     names = lora_layers.kohya_names(model, family, layers)
-    start_step, earlier_loss = 0, []
-    if resume is not None:
-        start_step, earlier_loss = resume.steps, resume.loss
-        if resume.metadata.get("conceptprism.family") != family.label:
-            raise ValueError(f"The LoRA to resume was trained on {resume.metadata.get('conceptprism.family')}, this MODEL is "
-                             f"{family.label}. Pick a LoRA trained on this family, or set resume_from to none.")
+    training_dtype = dtype_name(resolve_dtype(options.training_dtype, model.load_device))
+    start = resume_point(resume, family, tokens, concept, config, training_dtype)
+    start_step, earlier_loss = start.start_step, start.loss
     with torch.inference_mode(False):
         conds = training_conditionings(model, clip, tokens, concept.resolution)
         latents = encode_latents(model, vae, concept.images.clone())
+        check_training_inputs(concept.images, latents, concept.names, concept.source)
         if resume is not None:
             adapters = lora_layers.adapters_from_file(names, dict(resume))
         else:
@@ -126,13 +127,14 @@ def train_concept_lora(
         if resume is not None and (rank, alpha) != (config.rank, config.alpha):
             log.info("ConceptPrism: resuming keeps the saved LoRA's rank %d and alpha %g (the rank/alpha inputs are not used).", rank, alpha)
         settings = {**config.to_dict(), "rank": rank, "alpha": alpha, "resolution": concept.resolution,
-                    "training_dtype": dtype_name(resolve_dtype(options.training_dtype, model.load_device)), "layers": "attention (to_q, to_k, to_v, to_out.0)",
+                    "training_dtype": training_dtype, "layers": "attention (to_q, to_k, to_v, to_out.0)",
                     "clip_layer": text.clip_layer(clip),
                     "prediction_target": diffusion.prediction_target(model.get_model_object("model_sampling"))}
 
         def snapshot(steps_done: int, loss: list[float]) -> LoraWeights:
             return LoraWeights(lora_layers.adapter_tensors(adapters, names),
-                               lora_metadata(family, rank, alpha, steps_done, settings, tokens, earlier_loss + loss))
+                               lora_metadata(family, rank, alpha, steps_done, settings, tokens, earlier_loss + loss,
+                                             start.images, start.runs_until(settings, steps_done)))
 
         loss: list[float] = []
 

@@ -163,63 +163,12 @@ def test_corrupt_file_names_file(tmp_path, kind):
     assert p.name in msg and "PNG" in msg and "remove" in msg
 
 
-# ---------------------------------------------------------------- folder listing
-
-
-def test_list_image_files_order_and_skips(tmp_path):
-    for name in ["img10.png", "b.jpg", "img2.png", "A.PNG", ".hidden.png", "a.txt", "img2.txt"]:
-        if name.endswith(".txt"):
-            (tmp_path / name).write_text("caption")
-        else:
-            Image.new("RGB", (2, 2)).save(tmp_path / name, format="PNG")
-    (tmp_path / "sub").mkdir()
-    Image.new("RGB", (2, 2)).save(tmp_path / "sub" / "inner.png")
-    names = [p.name for p in images.list_image_files(tmp_path)]
-    assert names == ["A.PNG", "b.jpg", "img2.png", "img10.png"]
-    assert names == [p.name for p in images.list_image_files(str(tmp_path))]  # deterministic, str accepted
-    assert all(isinstance(p, pathlib.Path) for p in images.list_image_files(tmp_path))
-
-
-def test_list_image_files_rejects_other_files(tmp_path):
-    Image.new("RGB", (2, 2)).save(tmp_path / "a.png")
-    (tmp_path / "notes.pdf").write_bytes(b"%PDF-1.4")
-    with pytest.raises(ConceptSetError) as ei:
-        images.list_image_files(tmp_path)
-    assert "notes.pdf" in str(ei.value) and "remove" in str(ei.value)
-
-
-def test_list_image_files_bad_paths(tmp_path):
-    missing = tmp_path / "nope"
-    with pytest.raises(ConceptSetError, match="nope"):
-        images.list_image_files(missing)
-    f = tmp_path / "file.png"
-    Image.new("RGB", (2, 2)).save(f)
-    with pytest.raises(ConceptSetError, match="file.png"):
-        images.list_image_files(f)
-
-
 def test_image_extensions_constant():
     assert images.IMAGE_EXTENSIONS >= {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
     assert all(e.startswith(".") and e == e.lower() for e in images.IMAGE_EXTENSIONS)
 
 
 # ---------------------------------------------------------------- captions
-
-
-def test_sidecar_caption_whitespace_and_bom(tmp_path):
-    img = tmp_path / "mug.png"
-    Image.new("RGB", (2, 2)).save(img)
-    (tmp_path / "mug.txt").write_text("  a  red\n\tceramic   mug \n\n", encoding="utf-8-sig")
-    assert (tmp_path / "mug.txt").read_bytes().startswith(b"\xef\xbb\xbf")
-    assert images.read_sidecar_caption(img) == "a red ceramic mug"
-
-
-def test_sidecar_caption_missing_or_empty(tmp_path):
-    img = tmp_path / "x.png"
-    Image.new("RGB", (2, 2)).save(img)
-    assert images.read_sidecar_caption(img) is None
-    (tmp_path / "x.txt").write_text(" \n\t \n", encoding="utf-8")
-    assert images.read_sidecar_caption(str(img)) is None
 
 
 def test_split_caption_lines():

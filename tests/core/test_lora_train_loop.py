@@ -91,7 +91,7 @@ def test_checkpoints_and_resume_continue_the_same_plan():
 
 
 def test_non_finite_loss_stops_with_the_step_and_the_fix():
-    with pytest.raises(NonFiniteLossError, match=r"step 1 of 3.*learning_rate"):
+    with pytest.raises(NonFiniteLossError, match=r"step 1 of 3 \(on image index \d.*learning_rate"):
         _train(LoraConfig(steps=3), ToyLoraBackend(poison=True))
 
 

@@ -65,3 +65,5 @@ def test_loading_a_non_bank_file_says_what_it_is(tmp_path):
     path = files.save_new_safetensors(tmp_path, "emb", {"clip_l": torch.zeros(1, 768)})
     with pytest.raises(ValueError, match="not a ConceptPrism token bank"):
         PrismTokens.load(path)
+    with pytest.raises(ValueError, match="'banks/emb_00001_.safetensors' is not a ConceptPrism token bank"):
+        PrismTokens.load(path, "banks/emb_00001_.safetensors")

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import uuid
 
+import numpy as np
+import torch
 from PIL import Image
 
 import execution
@@ -14,6 +17,7 @@ from host_setup import fake_server
 from comfyui_conceptprism.nodes import NODE_CLASS_MAPPINGS
 
 CAPTURED = []
+CAPTURED_BY = {}  # capture node id -> what it captured last
 
 
 def write_images(folder, n, size=80):
@@ -45,15 +49,121 @@ def register_test_nodes(tiny):
 
         @classmethod
         def INPUT_TYPES(cls):
-            return {"required": {}, "optional": {"latent": ("LATENT",), "image": ("IMAGE",)}}
+            return {"required": {}, "optional": {"latent": ("LATENT",), "image": ("IMAGE",), "conditioning": ("CONDITIONING",),
+                                                 "concept_set": ("CONCEPT_SET",), "tokens": ("PRISM_TOKENS",)},
+                    "hidden": {"unique_id": "UNIQUE_ID"}}
 
-        def capture(self, latent=None, image=None):
-            CAPTURED.append(latent["samples"].clone() if latent is not None else image.clone())
+        def capture(self, latent=None, image=None, conditioning=None, concept_set=None, tokens=None, unique_id=None):
+            if latent is not None:
+                CAPTURED.append(latent["samples"].clone())
+            elif image is not None:
+                CAPTURED.append(image.clone())
+            else:
+                CAPTURED.append(next(x for x in (conditioning, concept_set, tokens) if x is not None))
+            CAPTURED_BY[str(unique_id)] = CAPTURED[-1]
             return {}
 
     host_nodes.NODE_CLASS_MAPPINGS.update(NODE_CLASS_MAPPINGS)
     host_nodes.NODE_CLASS_MAPPINGS["PrismTestTinyModels"] = PrismTestTinyModels
     host_nodes.NODE_CLASS_MAPPINGS["PrismTestCapture"] = PrismTestCapture
+    host_nodes.NODE_CLASS_MAPPINGS.update(list_and_fault_nodes())
+
+
+def list_pixels(count: int, seed: int = 0) -> list[np.ndarray]:
+    """uint8 [H, W, 3] images of different sizes, as a list-based loader would yield them (PNG-exact)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(48 + 8 * i, 80 - 8 * i, 3), dtype=np.uint8) for i in range(count)]
+
+
+def list_and_fault_nodes() -> dict[str, type]:
+    """Test-only stand-ins for what users wire in: list outputs (captioners, list image loaders), NaN pixels, a VAE
+    that overflows on one image (as a float16 VAE does), random tokens, and prompt text around a word."""
+    class PrismTestImageList:
+        RETURN_TYPES = ("IMAGE",)
+        OUTPUT_IS_LIST = (True,)
+        FUNCTION = "make"
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"count": ("INT", {"default": 3}), "nan_index": ("INT", {"default": -1, "min": -1})}}
+
+        def make(self, count, nan_index):
+            items = [torch.from_numpy(a).float()[None] / 255 for a in list_pixels(count)]
+            if nan_index >= 0:
+                items[nan_index][0, 3, 5, 1] = float("nan")
+            return (items,)
+
+    class PrismTestStringList:
+        RETURN_TYPES = ("STRING",)
+        OUTPUT_IS_LIST = (True,)
+        FUNCTION = "split"
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"text": ("STRING", {"default": ""})}}
+
+        def split(self, text):
+            return (text.split("|"),)
+
+    class PrismTestOverflowVAE:
+        RETURN_TYPES = ("VAE",)
+        FUNCTION = "wrap"
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"vae": ("VAE",), "index": ("INT", {"default": 1})}}
+
+        def wrap(self, vae, index):
+            return (overflowing_vae(vae, index),)
+
+    class PrismTestTokens:
+        RETURN_TYPES = ("PRISM_TOKENS",)
+        FUNCTION = "make"
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"clip": ("CLIP",), "seed": ("INT", {"default": 0})}}
+
+        def make(self, clip, seed):
+            from comfyui_conceptprism.prism_core.host import text
+            from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens
+            g = torch.Generator().manual_seed(seed)
+            widths = text.encoder_widths(clip)
+            return (PrismTokens({k: torch.randn(2, w, generator=g) * 0.05 for k, w in widths.items()},
+                                {k: torch.randn(2, 3, w, generator=g) * 0.05 for k, w in widths.items()},
+                                ["", ""], ["a", "b"], {}, LossHistory()),)
+
+    class PrismTestFormat:
+        RETURN_TYPES = ("STRING",)
+        FUNCTION = "format"
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"word": ("STRING", {"forceInput": True}), "template": ("STRING", {"default": "{}"})}}
+
+        def format(self, word, template):
+            return (template.replace("{}", word),)
+
+    return {cls.__name__: cls for cls in (PrismTestImageList, PrismTestStringList, PrismTestOverflowVAE, PrismTestTokens,
+                                          PrismTestFormat)}
+
+
+def overflowing_vae(vae, index):
+    """A copy of `vae` whose encode returns +inf latents for batch row `index` (what an fp16 VAE overflow gives)."""
+    broken = copy.copy(vae)
+    original = vae.encode
+
+    def encode(pixels):
+        latents = original(pixels).clone()
+        latents[index] = float("inf")
+        return latents
+    broken.encode = encode
+    return broken
 
 
 def new_executor(server):

@@ -284,9 +284,10 @@ def test_errors_name_the_input_and_the_fix(tiny, lora_dir):
         train_concept_lora(xl.model, xl.clip, xl.vae, concept, _tokens(sd15), LoraConfig(steps=1))
     with pytest.raises(ValueError, match="learned on 2 images but the concept set has 3"):
         train_concept_lora(sd15.model, sd15.clip, sd15.vae, concept, _tokens(sd15, n=2), LoraConfig(steps=1))
-    safetensors.torch.save_file({"x.lora_up.weight": torch.zeros(2, 2)}, lora_dir / "other.safetensors")
-    with pytest.raises(ValueError, match="not a ConceptPrism LoRA"):
-        PrismLoRATrain().train(sd15.model, sd15.clip, sd15.vae, concept, _tokens(sd15), **_node_args(resume_from="other.safetensors"))
+    (lora_dir / "sub").mkdir()
+    safetensors.torch.save_file({"x.lora_up.weight": torch.zeros(2, 2)}, lora_dir / "sub" / "other.safetensors")
+    with pytest.raises(ValueError, match="'sub/other.safetensors' is not a ConceptPrism LoRA"):
+        PrismLoRATrain().train(sd15.model, sd15.clip, sd15.vae, concept, _tokens(sd15), **_node_args(resume_from="sub/other.safetensors"))
     with pytest.raises(ValueError, match="Prism LoRA Train"):
         SavePrismLoRA().save({"x": torch.zeros(1)}, "plain", "float32")
 
