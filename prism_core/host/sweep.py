@@ -24,7 +24,7 @@ import nodes as host_nodes
 
 from ..files import read_metadata, split_prefix
 from ..lora_file import FORMAT, token_summary
-from ..scores import ImageScore, mean_score
+from ..scores import mean_score
 from ..sweep import Candidate, Choice, SweepCost, SweepPoint, check_cost, choose_checkpoint, header_steps, header_tokens_hash, run_checkpoints
 from ..token_bank import PrismTokens
 from .folders import first_folder
@@ -58,7 +58,6 @@ class SweepResult:
     points: list[SweepPoint]
     choice: Choice
     images: torch.Tensor  # IMAGE [candidates * prompts * seeds, H, W, 3], candidate-major, then prompt, then seed
-    scores: list[list[ImageScore]]  # per candidate, per render
     cost: SweepCost
 
 
@@ -143,15 +142,14 @@ def run_sweep(model: Any, vae: Any, encode: Callable[[str], Any], negative: Any,
                 done += 1
     images = torch.cat(renders)
     show_text(f"{message}\nscoring {cost.images} images", node_id)
-    per_render = settings.seeds
-    prompts = [t for _ in candidates for t in settings.prompts for _ in range(per_render)]
+    prompts = [t for _ in candidates for t in settings.prompts for _ in range(settings.seeds)]
     rows = score_images(images, prompts, references, settings.placeholder, settings.class_noun,
                         clip=score_clip, clip_vision=clip_vision, dino=dino)
-    size = len(settings.prompts) * per_render
+    size = len(settings.prompts) * settings.seeds  # renders per candidate
     scores = [rows[k * size:(k + 1) * size] for k in range(len(candidates))]
     points = [SweepPoint(c.step, c.lora_name, mean_score(s, "CLIP-T"), mean_score(s, "CLIP-I"), mean_score(s, "DINO"))
               for c, s in zip(candidates, scores)]
     choice = choose_checkpoint(points, settings.clip_t_tolerance)
     log.info("Checkpoint sweep chose %s", choice.reason)
     show_text(f"{message}\nchosen: {choice.point.lora_name}\n{choice.reason}", node_id)
-    return SweepResult(points, choice, images, scores, cost)
+    return SweepResult(points, choice, images, cost)
