@@ -69,3 +69,9 @@ def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         metadata = dict(handle.metadata() or {})
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     return tensors, metadata
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The header metadata of a safetensors file, without reading its tensors."""
+    with safetensors.safe_open(str(path), framework="pt", device="cpu") as handle:
+        return dict(handle.metadata() or {})

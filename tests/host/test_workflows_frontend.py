@@ -28,7 +28,8 @@ require_host()
 
 from frontend.browser import FrontendBrowser, LoadReport, missing_tools  # noqa: E402
 from frontend.prompt_run import RunResult, family_for, run_prompt, substitute  # noqa: E402
-from frontend.server import PACK_FOLDER, TEST_LOADER, TEST_NODE_FOLDER, ComfyServer, make_base_directory  # noqa: E402
+from frontend.server import (PACK_FOLDER, TEST_LOADER, TEST_NODE_FOLDER, TEST_VISION_LOADER, ComfyServer,  # noqa: E402
+                             make_base_directory)
 
 _MISSING_TOOLS = missing_tools()
 if _MISSING_TOOLS:
@@ -76,6 +77,24 @@ TRAINING_FILES = [
     "models/prism_tokens/conceptprism/concept_*_.safetensors",
     "output/conceptprism/scene_*_.png",
     "output/conceptprism/loss_*_.png",
+]
+
+# The sweep workflow (issue 18): 2 training steps with a checkpoint after the first, so the sweep
+# measures step 0, the step-1 checkpoint and the final LoRA, 2 prompts each; the chosen LoRA then draws
+# a scene. Its CLIP vision loaders become tiny CLIP / DINOv2 towers (frontend.prompt_run.substitute).
+SWEEP_LOWER = {**TRAINING_LOWER, "ConceptPrismPrismLoRATrain.checkpoint_every": 1, "prompt_count": 2}
+SWEEP_OUTPUTS = {
+    "SaveImage": 1 + 3,  # the loss graph, the trade-off plot, the score table, the chosen step's scene
+    "PreviewImage": WorkflowCase.concept_images + 3 * 2,  # what training sees, and every render of the sweep
+    "PreviewAny": 1,  # the numbers and the choice
+    "ConceptPrismSavePrismLoRA": 1, "ConceptPrismSavePrismEmbedding": 1,
+}
+SWEEP_FILES = [
+    "models/loras/conceptprism/concept_lora_step0001_*_.safetensors",
+    "models/loras/conceptprism/concept_lora_*_.safetensors",
+    "output/conceptprism/sweep_tradeoff_*_.png",
+    "output/conceptprism/sweep_table_*_.png",
+    "output/conceptprism/chosen_scene_*_.png",
 ]
 
 # What use_saved_concept.json loads (the names the sd15 workflow's Save nodes give in a fresh folder).
@@ -141,6 +160,7 @@ def ensure_saved_sd15_concept(server: ComfyServer) -> None:
 WORKFLOW_CASES: dict[str, WorkflowCase] = {
     "conceptprism_sd15": WorkflowCase(overrides=TRAINING_LOWER, expected_outputs=TRAINING_OUTPUTS, expected_files=TRAINING_FILES),
     "conceptprism_sd21": WorkflowCase(overrides=TRAINING_LOWER, expected_outputs=TRAINING_OUTPUTS, expected_files=TRAINING_FILES),
+    "conceptprism_sd21_sweep": WorkflowCase(overrides=SWEEP_LOWER, expected_outputs=SWEEP_OUTPUTS, expected_files=SWEEP_FILES),
     "conceptprism_sdxl": WorkflowCase(overrides=TRAINING_LOWER, expected_outputs=TRAINING_OUTPUTS, expected_files=TRAINING_FILES),
     "use_saved_concept": WorkflowCase(prepare=ensure_saved_sd15_concept, expected_outputs={"SaveImage": 1},
                                       expected_files=["output/conceptprism/saved_concept_*_.png"]),
@@ -228,7 +248,7 @@ def test_server_loads_the_pack_and_the_test_only_node(frontend: Frontend):
     pack_nodes = frontend.server.loaded_from(PACK_FOLDER)
     print(f"ComfyUI's loader registered from custom_nodes/{PACK_FOLDER}: {pack_nodes}")
     assert pack_nodes and all(name.startswith("ConceptPrism") for name in pack_nodes)
-    assert frontend.server.loaded_from(TEST_NODE_FOLDER) == [TEST_LOADER]
+    assert frontend.server.loaded_from(TEST_NODE_FOLDER) == sorted([TEST_LOADER, TEST_VISION_LOADER])
 
 
 def test_stock_workflow_loads_cleanly_and_runs_on_tiny_models(frontend: Frontend):

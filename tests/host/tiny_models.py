@@ -117,3 +117,42 @@ def build(family: str, seed: int = 0, embedding_directory: str | None = None, un
         model = comfy.model_patcher.ModelPatcher(unet, load_device=device, offload_device=device)
         vae = _vae(seed + 2)
     return TinyModels(family, model, clip, vae)
+
+
+# CLIP vision and DINOv2 as CLIPVisionLoader builds them (comfy.clip_vision.ClipVisionModel from a JSON
+# config), from the host's own configs with small sizes. DINOv2 keeps the host's fixed 518 px input
+# (its position table is built for 37 x 37 patches), so its preprocessing is the real one.
+VISION_CONFIGS = {"clip": "clip_vision_config_h.json", "dinov2": "image_encoders/dino2_large.json"}
+
+
+def clip_vision(kind: str, seed: int = 0, projection_dim: int = 1024, config_dir: str | None = None):
+    """A tiny ClipVisionModel: kind 'clip' (ViT-H's config, 2 layers of 64, 56 px, projection to
+    `projection_dim`, the text width it pairs with) or 'dinov2' (DINOv2-large's config, 2 layers of 48)."""
+    import json
+    import os
+    import tempfile
+
+    import comfy.clip_vision
+
+    host_configs = os.path.dirname(os.path.realpath(comfy.clip_vision.__file__))
+    with open(os.path.join(host_configs, VISION_CONFIGS[kind])) as f:
+        config = json.load(f)
+    if kind == "clip":
+        config.update(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2, image_size=56,
+                      projection_dim=projection_dim)
+    else:
+        config.update(hidden_size=48, num_attention_heads=4, num_hidden_layers=2)
+    descriptor, path = tempfile.mkstemp(prefix=f"tiny_{kind}_", suffix=".json", dir=config_dir)
+    with os.fdopen(descriptor, "w") as f:
+        json.dump(config, f)
+    try:
+        with torch.inference_mode():
+            model = comfy.clip_vision.ClipVisionModel(path)
+            _init_(model.model, seed)
+            with torch.no_grad():  # DINOv2's layer scales start at 1 (its config's layerscale_value), not near 0
+                for name, p in model.model.named_parameters():
+                    if name.endswith("lambda1"):
+                        p.fill_(1.0)
+    finally:
+        os.unlink(path)
+    return model

@@ -3,6 +3,9 @@
 The only changes made to a prompt are the ones the issue allows, and each is printed:
 - every checkpoint loader node becomes the test-only tiny loader of the stated family, keeping its
   node id, so every link to its MODEL/CLIP/VAE outputs (slots 0/1/2 in both) still holds;
+- every CLIPVisionLoader becomes the test-only tiny vision loader (one CLIP_VISION output, as the
+  stock node): a tiny DINOv2 when its file name says dino, else a tiny CLIP tower projecting to the
+  family's text width;
 - widgets named in an explicit `overrides` dict get lower values (steps, width/height, resolution).
 """
 from __future__ import annotations
@@ -14,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .server import TEST_LOADER, ComfyServer
+from .server import TEST_LOADER, TEST_VISION_LOADER, ComfyServer
 
 # Stock loaders whose first three outputs are MODEL, CLIP, VAE, like the tiny loader's.
 CHECKPOINT_LOADERS = ("CheckpointLoaderSimple", "CheckpointLoader")
+VISION_LOADERS = ("CLIPVisionLoader",)
 
 
 def family_for(workflow_file: Path) -> str:
@@ -44,6 +48,11 @@ def substitute(prompt: dict, family: str, overrides: dict[str, object] | None = 
             log(f"substitute node {node_id}: {node['class_type']}({_widgets(node)}) -> {TEST_LOADER}(family={family!r})")
             node["class_type"] = TEST_LOADER
             node["inputs"] = {"family": family}
+        elif node.get("class_type") in VISION_LOADERS:
+            kind = "dinov2" if "dino" in str(node["inputs"].get("clip_name", "")).lower() else "clip"
+            log(f"substitute node {node_id}: {node['class_type']}({_widgets(node)}) -> {TEST_VISION_LOADER}(kind={kind!r}, family={family!r})")
+            node["class_type"] = TEST_VISION_LOADER
+            node["inputs"] = {"kind": kind, "family": family}
     for key, value in (overrides or {}).items():
         class_type, _, name = key.rpartition(".")
         hits = [(i, n) for i, n in prompt.items()

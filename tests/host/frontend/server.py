@@ -4,7 +4,7 @@ Nothing is written into the pack's or the host's checkout: models, input, output
 folders live in the temporary base directory, the database is in memory, and Python writes no
 bytecode. ``custom_nodes/`` there holds two links, found by ComfyUI's own loader:
 ``comfyui-conceptprism`` -> this repository (the folder name a git clone from the README gets) and
-``prism_test_nodes`` -> ``test_only_node/`` (the tiny checkpoint loader, never shipped).
+``prism_test_nodes`` -> ``test_only_node/`` (the tiny checkpoint and CLIP vision loaders, never shipped).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from host_setup import PACK_ROOT
 PACK_FOLDER = "comfyui-conceptprism"
 TEST_NODE_FOLDER = "prism_test_nodes"
 TEST_LOADER = "PrismTestTinyCheckpointLoader"
+TEST_VISION_LOADER = "PrismTestTinyCLIPVisionLoader"
 _TEST_NODE_SOURCE = Path(__file__).resolve().parent / "test_only_node"
 
 # Settings a user's fresh install would have, except that the first-run template browser is

@@ -1,4 +1,4 @@
-"""TEST-ONLY ComfyUI custom node: PrismTestTinyCheckpointLoader. Never part of the shipped pack.
+"""TEST-ONLY ComfyUI custom nodes: PrismTestTinyCheckpointLoader, PrismTestTinyCLIPVisionLoader. Never shipped.
 
 The frontend harness links this folder into the ``custom_nodes`` of a temporary ComfyUI base
 directory (beside a link to the pack), so only the test server ever loads it. It returns the
@@ -51,5 +51,33 @@ class PrismTestTinyCheckpointLoader:
         return (models.model, models.clip, models.vae)
 
 
-NODE_CLASS_MAPPINGS = {"PrismTestTinyCheckpointLoader": PrismTestTinyCheckpointLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"PrismTestTinyCheckpointLoader": "Prism Test Tiny Checkpoint Loader (test only)"}
+# The pooled text width of each tiny family's CLIP (tiny_models: clip_l 768, clip_h 1024, SDXL's clip_g 1280):
+# a tiny CLIP vision tower projects to it, as a real one projects to its text half's width.
+TEXT_WIDTHS = {"sd15": 768, "sd2v": 1024, "sdxl": 1280}
+_VISION: dict[tuple[str, str], object] = {}
+
+
+class PrismTestTinyCLIPVisionLoader:
+    """Stands in for CLIPVisionLoader: a tiny CLIP vision tower (projecting to the family's text width)
+    or a tiny DINOv2, as comfy.clip_vision.ClipVisionModel builds them."""
+
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+    DESCRIPTION = "Test-only: a tiny in-process CLIP vision or DINOv2 model (never shipped)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"kind": (["clip", "dinov2"], {"tooltip": "vision model kind"}),
+                             "family": (list(TEXT_WIDTHS), {"tooltip": "the tiny family whose text width a CLIP tower projects to"})}}
+
+    def load(self, kind: str, family: str):
+        if (kind, family) not in _VISION:
+            _VISION[(kind, family)] = _tiny_models_module().clip_vision(kind, seed=3, projection_dim=TEXT_WIDTHS[family])
+        return (_VISION[(kind, family)],)
+
+
+NODE_CLASS_MAPPINGS = {"PrismTestTinyCheckpointLoader": PrismTestTinyCheckpointLoader,
+                       "PrismTestTinyCLIPVisionLoader": PrismTestTinyCLIPVisionLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"PrismTestTinyCheckpointLoader": "Prism Test Tiny Checkpoint Loader (test only)",
+                              "PrismTestTinyCLIPVisionLoader": "Prism Test Tiny CLIP Vision Loader (test only)"}
