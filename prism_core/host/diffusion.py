@@ -114,6 +114,22 @@ class Predictor:
         return native_from_denoised(noisy, latents.to(self.device, torch.float32), c_x, c_d)
 
 
+class PredictingBackend:
+    """What both stages' backends share once their training clone is loaded: native predictions and
+    targets through a `Predictor` (set as ``self._predictor`` on entering), and the Cancel check."""
+
+    _predictor: Predictor
+
+    def predict(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return self._predictor.predict(latents, timesteps, noise, cond)
+
+    def target(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
+        return self._predictor.target(latents, timesteps, noise)
+
+    def check_interrupt(self) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+
 def encode_latents(model: Any, vae: Any, images: torch.Tensor) -> torch.Tensor:
     """[N, H, W, 3] pixels -> [N, C, h, w] latents in the model's space, once per run.
 

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-import comfy.model_management
-
 from ..optimize import Cond, Prompt, SlotVectors
 from . import text, training_guard
-from .diffusion import TRAINING_DTYPES, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs  # noqa: F401 (re-exported)
+from .diffusion import TRAINING_DTYPES, PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs  # noqa: F401 (re-exported)
 
 
-class ComfyStage1Backend:
+class ComfyStage1Backend(PredictingBackend):
     """Encodes prompts with learned slots and predicts noise with the host's own primitives.
 
     Use as a context manager inside ``torch.inference_mode(False)``: entering clones the MODEL's
@@ -58,16 +56,6 @@ class ComfyStage1Backend:
     def encode_null(self) -> Cond:
         with torch.no_grad():
             return self._conditioning(*text.encode_tokens(self.train_clip, self.train_clip.tokenize("")))
-
-    # -- diffusion ------------------------------------------------------------------------------
-    def predict(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
-        return self._predictor.predict(latents, timesteps, noise, cond)
-
-    def target(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
-        return self._predictor.target(latents, timesteps, noise)
-
-    def check_interrupt(self) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
 
     # -- initialisation ---------------------------------------------------------------------------
     def caption_embedding(self, caption: str) -> dict[str, torch.Tensor]:

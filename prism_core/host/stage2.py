@@ -4,11 +4,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
-import comfy.model_management
 import comfy.sd
 
 from ..concept_set import ConceptSet
@@ -19,14 +18,14 @@ from ..lora_train import train_lora
 from ..optimize import Cond, reconstruction_prompt
 from ..token_bank import PrismTokens
 from . import diffusion, lora_layers, text, training_guard
-from .diffusion import Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
+from .diffusion import PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
 from .resume_point import resume_point
 from .stage1 import RunOptions
 
 log = logging.getLogger("ConceptPrism")
 
 
-class ComfyStage2Backend:
+class ComfyStage2Backend(PredictingBackend):
     """`Stage2Backend` on a MODEL: a loaded clone carrying trainable host LoRA adapters.
 
     Use as a context manager inside ``torch.inference_mode(False)``; leaving restores every module.
@@ -51,15 +50,6 @@ class ComfyStage2Backend:
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
-
-    def predict(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
-        return self._predictor.predict(latents, timesteps, noise, cond)
-
-    def target(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
-        return self._predictor.target(latents, timesteps, noise)
-
-    def check_interrupt(self) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
 
 
 def check_tokens_match(clip: Any, tokens: PrismTokens, concept: ConceptSet) -> None:
