@@ -1,10 +1,12 @@
-"""TEST-ONLY ComfyUI custom node: PrismTestTinyCheckpointLoader. Never part of the shipped pack.
+"""TEST-ONLY ComfyUI node: PrismTestTinyCheckpointLoader. Never part of the shipped pack.
 
-The frontend harness links this folder into the ``custom_nodes`` of a temporary ComfyUI base
-directory (beside a link to the pack), so only the test server ever loads it. It returns the
-in-process tiny MODEL/CLIP/VAE of one family from ``tests/host/tiny_models.py``, in the same
-output order as CheckpointLoaderSimple, so a shipped workflow's checkpoint loader can be swapped
-for it without touching any link.
+Not a custom node folder of its own: at test time the harness (server.py, ``make_base_directory``)
+writes a two-line custom node into the temporary ComfyUI base directory that loads this file and
+registers ``NODE_CLASSES``, so only the test server ever sees the loader, and the pack's checkout
+holds no ``NODE_CLASS_MAPPINGS`` for ComfyUI-Manager's source scanner to advertise
+(tests/core/test_manager_scan.py). The loader returns the in-process tiny MODEL/CLIP/VAE of one
+family from ``tests/host/tiny_models.py``, in the same output order as CheckpointLoaderSimple, so a
+shipped workflow's checkpoint loader can be swapped for it without touching any link.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import folder_paths
 
-_TINY_MODELS_PATH = Path(__file__).resolve().parents[2] / "tiny_models.py"
+_TINY_MODELS_PATH = Path(__file__).resolve().parents[1] / "tiny_models.py"
 _MODELS: dict[str, object] = {}
 
 
@@ -51,5 +53,6 @@ class PrismTestTinyCheckpointLoader:
         return (models.model, models.clip, models.vae)
 
 
-NODE_CLASS_MAPPINGS = {"PrismTestTinyCheckpointLoader": PrismTestTinyCheckpointLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"PrismTestTinyCheckpointLoader": "Prism Test Tiny Checkpoint Loader (test only)"}
+# Read by the generated custom node (server.py) as its NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS.
+NODE_CLASSES = {"PrismTestTinyCheckpointLoader": PrismTestTinyCheckpointLoader}
+DISPLAY_NAMES = {"PrismTestTinyCheckpointLoader": "Prism Test Tiny Checkpoint Loader (test only)"}
