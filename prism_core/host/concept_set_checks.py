@@ -2,7 +2,8 @@
 
 ComfyUI validates every node of a prompt before running any, and reports all failures together (the
 frontend's "Prompt outputs failed validation" dialog), so a first Run with neither a checkpoint nor
-images names both. Only what the widgets say can be checked here: inputs fed by a link are not passed
+images names both. The host lists a VALIDATE_INPUTS message once per input the method takes, so the
+dialog shows it twice (for 'folder' and 'input_types'). Only what the widgets say can be checked here: inputs fed by a link are not passed
 (ComfyUI docs, server_overview "Validating Constants"; both tested hosts pass None). Which inputs are
 linked comes from `input_types`, the host's map of linked input -> received type; asking for it turns
 off the host's own type check of linked inputs for this node, so `linked_type_problems` makes that
@@ -41,7 +42,7 @@ def linked_type_problems(node_class: type, input_types: dict[str, Any]) -> list[
 def concept_folder_problem(folder: str) -> str | None:
     """None when `folder` (as typed: under ComfyUI's input folder, or absolute) holds at least 2 images
     the loader accepts; otherwise what is wrong, with the folder's full path and how many images to add."""
-    add = (f"put {FEWEST_IMAGES}-6 images of your concept in it (PNG or JPEG; optionally a caption "
+    add = (f"put {FEWEST_IMAGES}-6 images of your concept there (PNG or JPEG, and if you like a caption "
            "<image name>.txt beside each), or connect an IMAGE batch to 'images'")
     if not folder.strip():
         example = resolve_input_folder(EXAMPLE_FOLDER)
@@ -50,9 +51,9 @@ def concept_folder_problem(folder: str) -> str | None:
                 "path, or connect an IMAGE batch to 'images'.")
     path = resolve_input_folder(folder)
     if not path.exists():
-        return f"the folder {path} does not exist ('folder' is {folder.strip()!r}). Create it and {add}."
+        return f"the folder {path} does not exist. Create it and {add}."
     if not path.is_dir():
-        return f"{path} is a file, not a folder ('folder' is {folder.strip()!r}). Name the folder that holds the images."
+        return f"{path} is a file, not a folder: name the folder that holds the images."
     try:
         count = len(list_image_files(path))
     except ConceptSetError as error:  # a file the loader would refuse: its own message names it

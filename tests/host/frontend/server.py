@@ -3,7 +3,7 @@
 Nothing is written into the pack's or the host's checkout: models, input, output, temp and user
 folders live in the temporary base directory, the database is in memory, and Python writes no
 bytecode. ``custom_nodes/`` there holds what ComfyUI's own loader finds: a link
-``comfyui-conceptprism`` -> this repository (the folder name a git clone from the README gets), and
+``conceptprism`` -> this repository (the folder name a git clone from the README gets), and
 ``prism_test_nodes/``, a custom node written there at test time that registers the tiny checkpoint
 loader of ``tiny_loader_node.py`` (never shipped, and no node mapping in the pack's checkout).
 """
@@ -20,9 +20,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host_setup import PACK_ROOT
+from hostenv import PACK_ROOT
 
-PACK_FOLDER = "comfyui-conceptprism"
+PACK_FOLDER = "conceptprism"  # the README's install folder, the registry name, the template category
 TEST_NODE_FOLDER = "prism_test_nodes"
 TEST_LOADER = "PrismTestTinyCheckpointLoader"
 _TEST_NODE_SOURCE = Path(__file__).resolve().parent / "tiny_loader_node.py"
@@ -41,11 +41,13 @@ NODE_DISPLAY_NAME_MAPPINGS = _module.DISPLAY_NAMES
 '''
 
 # Settings a user's fresh install would have, except that the first-run template browser is
-# skipped and the minimap hidden (both cover the graph in screenshots), and the checks the harness
-# relies on are pinned on.
+# skipped and the minimap, the canvas statistics and the canvas toolbar hidden (they cover the graph
+# in screenshots), and the checks the harness relies on are pinned on.
 _SETTINGS = {
     "Comfy.TutorialCompleted": True,
     "Comfy.Minimap.Visible": False,
+    "Comfy.Graph.CanvasInfo": False,
+    "Comfy.Graph.CanvasMenu": False,
     "Comfy.Validation.Workflows": True,
     "Comfy.Workflow.ShowMissingNodesWarning": True,
     "Comfy.Workflow.ShowMissingModelsWarning": True,
