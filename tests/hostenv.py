@@ -56,7 +56,7 @@ def missing_host_reason() -> str:
         return (f"COMFYUI_PATH={given} is not a ComfyUI checkout (no comfy/model_management.py): point it at the "
                 "folder that holds ComfyUI's main.py, with its requirements.txt installed in this Python.")
     return ("no ComfyUI found: set COMFYUI_PATH to a ComfyUI checkout whose requirements are installed in this "
-            "Python (README, 'The two commands'), or install the pack in ComfyUI/custom_nodes.")
+            "Python (README, 'Tests and CI'), or install the pack in ComfyUI/custom_nodes.")
 
 
 # What the host tier imports from the host: its model management (torch, and the device it picks) and

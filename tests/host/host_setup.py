@@ -33,7 +33,7 @@ def require_host() -> Path:
     if problem:
         skip_or_fail(f"host tier skipped: the ComfyUI at {host} does not import in this Python ({problem}). Install "
                      "its requirements into this Python, torch and torchvision from the same index so they match "
-                     "(README, 'The two commands').")
+                     "(README, 'Tests and CI').")
     return host
 
 
