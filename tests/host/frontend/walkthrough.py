@@ -14,7 +14,8 @@ may be used here); `python main.py --cpu` in the ComfyUI folder (no GPU here); t
 ConceptPrism -> "SD1.5 - train a concept"; Run with no concept images (what Run says); the folder and
 three images; the tiny CPU settings (every training and sampling count 2, accumulation 1, 64 px); Run;
 the prompt word and file names the page shows; then "Use a trained concept" with exactly those names
-typed in; Run; the image. It exits non-zero if a step does not show what it should.
+typed in; Run; the image. It exits non-zero if a step does not show what it should. The runs on
+both tested releases, each in a fresh environment, are recorded in walkthrough_runs/.
 """
 from __future__ import annotations
 
