@@ -19,7 +19,6 @@ RULE = ("the highest mean DINO among the trained steps whose mean CLIP-T stays w
 
 
 class PrismCheckpointSweep:
-    DISPLAY_NAME = "Prism Checkpoint Sweep (ConceptPrism)"
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL", "STRING", "INT", "IMAGE", "IMAGE", "IMAGE", "STRING")
     RETURN_NAMES = ("model", "lora_name", "step", "trade_off", "table", "images", "report")

@@ -17,7 +17,6 @@ DINO_TIP = ("DINOv2 from Load CLIP Vision (ComfyUI recognises DINOv2 large and g
 
 
 class PrismConceptScore:
-    DISPLAY_NAME = "Prism Concept Score (ConceptPrism)"
     CATEGORY = CATEGORY
     RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "IMAGE", "STRING")
     RETURN_NAMES = ("clip_t", "clip_i", "dino", "table", "per_image")

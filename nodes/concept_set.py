@@ -6,6 +6,7 @@ import hashlib
 from ..prism_core import concept_set
 from ..prism_core import images as image_io
 from ..prism_core.concept_folder import typed_folder
+from ..prism_core.host.concept_set_checks import validate_load_concept_set
 from ..prism_core.host.folders import resolve_input_folder
 from .types import CATEGORY, CONCEPT_SET
 
@@ -25,7 +26,6 @@ def _one(values: list, name: str):
 
 
 class LoadConceptSet:
-    DISPLAY_NAME = "Load Concept Set (ConceptPrism)"
     CATEGORY = CATEGORY
     RETURN_TYPES = (CONCEPT_SET, "IMAGE")
     RETURN_NAMES = ("concept_set", "preview")
@@ -50,6 +50,11 @@ class LoadConceptSet:
                 "caption_text": ("STRING", {"forceInput": True, "tooltip": "Optional captions from another node: one string with one line per image, or a captioning node's list output (one string per image). Overrides the captions widget."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder, input_types):
+        # Before any node runs, so a first Run names a missing folder together with, say, a missing checkpoint.
+        return validate_load_concept_set(cls, folder, input_types)
 
     @classmethod
     def IS_CHANGED(cls, folder, resolution, captions, images=None, caption_text=None):

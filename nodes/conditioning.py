@@ -9,7 +9,6 @@ MODES = ["target", "target with residual", "residual only"]
 
 
 class PrismConditioning:
-    DISPLAY_NAME = "Prism Conditioning (ConceptPrism)"
     CATEGORY = CATEGORY
     RETURN_TYPES = ("CONDITIONING",)
     OUTPUT_TOOLTIPS = ("Conditioning for KSampler, exactly like CLIP Text Encode's, with the learned vectors in place of the placeholder.",)

@@ -8,7 +8,6 @@ from .types import CATEGORY, LORA_MODEL
 
 
 class SavePrismLoRA:
-    DISPLAY_NAME = "Save Prism LoRA (ConceptPrism)"
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("lora_name",)

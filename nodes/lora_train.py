@@ -23,7 +23,6 @@ def _tip(name: str) -> str:
 
 
 class PrismLoRATrain:
-    DISPLAY_NAME = "Prism LoRA Train (ConceptPrism Stage 2)"
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL", LORA_MODEL, LOSS_MAP)
     RETURN_NAMES = ("model", "lora", "loss")

@@ -8,7 +8,6 @@ from .types import CATEGORY, LOSS_MAP, PRISM_TOKENS
 
 
 class PrismLossGraph:
-    DISPLAY_NAME = "Prism Loss Graph (ConceptPrism)"
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("graph",)

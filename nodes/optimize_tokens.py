@@ -13,7 +13,6 @@ def _tip(name: str) -> str:
 
 
 class OptimizePrismTokens:
-    DISPLAY_NAME = "Optimize Prism Tokens (ConceptPrism Stage 1)"
     CATEGORY = CATEGORY
     RETURN_TYPES = (PRISM_TOKENS,)
     RETURN_NAMES = ("tokens",)

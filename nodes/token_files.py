@@ -18,7 +18,6 @@ def _name_in(root: Path, path: Path) -> str:
 
 
 class SavePrismEmbedding:
-    DISPLAY_NAME = "Save Prism Embedding (ConceptPrism)"
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("prompt_word",)
@@ -44,9 +43,10 @@ class SavePrismEmbedding:
 
 
 class SavePrismTokens:
-    DISPLAY_NAME = "Save Prism Tokens (ConceptPrism)"
     CATEGORY = CATEGORY
-    RETURN_TYPES = ()
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("token_file",)
+    OUTPUT_TOOLTIPS = ("The saved file's name in models/prism_tokens, as Load Prism Tokens lists it.",)
     FUNCTION = "save"
     OUTPUT_NODE = True
     DESCRIPTION = "Saves the whole token bank (target, residuals, captions, settings, loss history) to models/prism_tokens."
@@ -60,12 +60,11 @@ class SavePrismTokens:
 
     def save(self, tokens: PrismTokens, filename_prefix: str):
         root = first_folder(TOKENS_FOLDER)
-        path = tokens.save(root, checked_prefix("filename_prefix", filename_prefix))
-        return {"ui": {"text": [_name_in(root, path)]}}
+        name = _name_in(root, tokens.save(root, checked_prefix("filename_prefix", filename_prefix)))
+        return {"ui": {"text": [name]}, "result": (name,)}
 
 
 class LoadPrismTokens:
-    DISPLAY_NAME = "Load Prism Tokens (ConceptPrism)"
     CATEGORY = CATEGORY
     RETURN_TYPES = (PRISM_TOKENS,)
     RETURN_NAMES = ("tokens",)

@@ -12,6 +12,7 @@ before the package exists. It needs nothing but the standard library (no pytest)
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import types
@@ -55,7 +56,28 @@ def missing_host_reason() -> str:
         return (f"COMFYUI_PATH={given} is not a ComfyUI checkout (no comfy/model_management.py): point it at the "
                 "folder that holds ComfyUI's main.py, with its requirements.txt installed in this Python.")
     return ("no ComfyUI found: set COMFYUI_PATH to a ComfyUI checkout whose requirements are installed in this "
-            "Python (README, 'The two commands'), or install the pack in ComfyUI/custom_nodes.")
+            "Python (README, 'Tests and CI'), or install the pack in ComfyUI/custom_nodes.")
+
+
+# What the host tier imports from the host: its model management (torch, and the device it picks) and
+# its node module (which pulls in most of comfy.*, torchvision included through the image nodes' deps).
+_HOST_PROBE = ("comfy.model_management", "nodes")
+
+
+def host_import_problem(host: Path) -> str | None:
+    """None when `host` imports in this Python (on the CPU); else what failed, as one line.
+
+    A checkout whose requirements are missing or broken (say a torchvision built for another torch)
+    is found by `find_host` but fails on import; the host tier then skips (or fails, in CI) with this
+    line instead of breaking test collection for the core tier too.
+    """
+    try:
+        import_host(host)
+        for module in _HOST_PROBE:
+            importlib.import_module(module)
+    except Exception as error:  # noqa: BLE001  (any import-time failure of the host is reported, not raised)
+        return f"importing the host's {getattr(error, 'name', None) or 'modules'} failed: {type(error).__name__}: {error}"
+    return None
 
 
 def import_host(host: Path, pytorch_attention: bool = False, cpu: bool = True) -> Path:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ALGORITHM = sorted((ROOT / "prism_core").glob("*.py"))
 ADAPTERS = sorted((ROOT / "prism_core" / "host").glob("*.py"))
 THIRD_PARTY_ALLOWED = {"torch", "safetensors", "numpy", "PIL"}
-HOST_MODULES = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "server", "execution", "nodes", "node_helpers"}
+HOST_MODULES = {"comfy", "comfy_extras", "comfy_api", "comfy_execution", "folder_paths", "server", "execution", "nodes", "node_helpers"}
 
 
 def imports(path: Path) -> list[tuple[int, str]]:

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from host_setup import find_host, require_host
+import hostenv
+from host_setup import find_host
 
+# Only sys.path and the CPU flag here: whether the host imports is each module's require_host(), which
+# skips (or, in CI, fails) that module alone, so a broken host never stops the core tier's collection.
 if find_host() is not None:
-    require_host()
+    hostenv.import_host(find_host())
 
 FAMILIES = ["sd15", "sd2v", "sdxl"]
 

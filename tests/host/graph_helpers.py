@@ -63,9 +63,10 @@ def register_test_nodes(tiny):
             CAPTURED_BY[str(unique_id)] = CAPTURED[-1]
             return {}
 
-    host_nodes.NODE_CLASS_MAPPINGS.update(NODE_CLASS_MAPPINGS)
-    host_nodes.NODE_CLASS_MAPPINGS["PrismTestTinyModels"] = PrismTestTinyModels
-    host_nodes.NODE_CLASS_MAPPINGS["PrismTestCapture"] = PrismTestCapture
+    # Keyword arguments, not `MAPPINGS["id"] = ...`: no test-only id reads as one of the pack's to
+    # ComfyUI-Manager's source scanner (tests/core/test_manager_scan.py).
+    host_nodes.NODE_CLASS_MAPPINGS.update(NODE_CLASS_MAPPINGS, PrismTestTinyModels=PrismTestTinyModels,
+                                          PrismTestCapture=PrismTestCapture)
     host_nodes.NODE_CLASS_MAPPINGS.update(list_and_fault_nodes())
 
 

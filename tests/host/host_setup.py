@@ -24,11 +24,17 @@ def skip_or_fail(reason: str) -> None:
 
 
 def require_host() -> Path:
-    """Skip (or fail) the calling module without a host; otherwise make `import comfy` work on the CPU."""
+    """Skip (or fail) the calling module without a host, or with one that does not import; otherwise
+    make `import comfy` work on the CPU. Either way the core tier still runs."""
     host = find_host()
     if host is None:
         skip_or_fail(SKIP_REASON)
-    return hostenv.import_host(host)
+    problem = hostenv.host_import_problem(host)
+    if problem:
+        skip_or_fail(f"host tier skipped: the ComfyUI at {host} does not import in this Python ({problem}). Install "
+                     "its requirements into this Python, torch and torchvision from the same index so they match "
+                     "(README, 'Tests and CI').")
+    return host
 
 
 def fake_server():

@@ -4,17 +4,21 @@ One ComfyUI server (`main.py --cpu`, temporary base directory, the pack plus a t
 checkpoint loader) and one headless Chromium serve the whole module. Each workflow is loaded in
 a fresh page the way the template browser or a drag-and-drop does; it must show no missing node
 type, no toast or dialog (the frontend's schema check reports through an "Alert" toast), no console
-or page error. The frontend's own graph-to-prompt output is then queued with tiny models in place
-of checkpoints and lowered steps/resolution, every change printed (see `pytest -rP` or `-s`).
-Screenshots land in tests/host/frontend/screenshots/.
+or page error. The frontend's own graph-to-prompt output is then queued from that page with tiny
+models in place of checkpoints and lowered steps/resolution, every change printed (see `pytest -rP`
+or `-s`), and what the page then shows is checked: the names the Save nodes report must appear in
+the stock Preview Any nodes wired to them. Screenshots land in tests/host/frontend/screenshots/.
 
 Needs the host (COMFYUI_PATH) and, beyond it, Debian's chromium and the npm package playwright-core;
 without them the module skips and says what to install (fails, with CONCEPTPRISM_REQUIRE_HOST set).
 """
 from __future__ import annotations
 
+import io
 import json
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +34,7 @@ from frontend.browser import FrontendBrowser, LoadReport, missing_tools  # noqa:
 from frontend.prompt_run import RunResult, family_for, run_prompt, substitute  # noqa: E402
 from frontend.server import (PACK_FOLDER, TEST_LOADER, TEST_NODE_FOLDER, TEST_VISION_LOADER, ComfyServer,  # noqa: E402
                              make_base_directory)
+from manager_scan import literal_mapping_keys  # noqa: E402
 
 _MISSING_TOOLS = missing_tools()
 if _MISSING_TOOLS:
@@ -54,7 +59,7 @@ class WorkflowCase:
     expected_files: list[str] = field(default_factory=list)  # globs under the base directory, new files only
     timeout: float = 300.0
     # Called with the running server (its base directory is server.base) before the run, to put files
-    # the workflow expects in place (e.g. the embedding and LoRA that use_saved_concept loads); it
+    # the workflow expects in place (e.g. the embedding and LoRA that "Use a trained concept" loads); it
     # should print what it does.
     prepare: Callable[[ComfyServer], None] | None = None
     # Text that must not appear in the server log during the run: the host's warnings for an
@@ -70,6 +75,13 @@ TRAINING_OUTPUTS = {
     "SaveImage": 3 + 1,  # the three scenes and the loss graph
     "PreviewImage": WorkflowCase.concept_images + 2,  # what training sees (one per image) and residual 0 and 1 alone
     "ConceptPrismSavePrismEmbedding": 1, "ConceptPrismSavePrismLoRA": 1, "ConceptPrismSavePrismTokens": 1,
+    "PreviewAny": 3,  # the prompt word and the two file names, shown on the canvas
+}
+# Save node -> (its models folder, how its reported name maps to the file there).
+SAVE_NODES = {
+    "ConceptPrismSavePrismEmbedding": ("models/embeddings", lambda word: word.removeprefix("embedding:") + ".safetensors"),
+    "ConceptPrismSavePrismLoRA": ("models/loras", lambda name: name),
+    "ConceptPrismSavePrismTokens": ("models/prism_tokens", lambda name: name),
 }
 TRAINING_FILES = [
     "models/embeddings/conceptprism/concept_*_.safetensors",
@@ -97,7 +109,7 @@ SWEEP_FILES = [
     "output/conceptprism/chosen_scene_*_.png",
 ]
 
-# What use_saved_concept.json loads (the names the sd15 workflow's Save nodes give in a fresh folder).
+# What "Use a trained concept" loads (the names the SD1.5 workflow's Save nodes give in a fresh folder).
 SAVED_LORA = "models/loras/conceptprism/concept_lora_00001_.safetensors"
 SAVED_EMBEDDING = "models/embeddings/conceptprism/concept_00001_.safetensors"
 SD15_HEADERS = {SAVED_LORA: "sd15", SAVED_EMBEDDING: "clip_l"}  # their family header for SD1.x
@@ -111,9 +123,9 @@ def _family_header(path: Path) -> str | None:
 
 
 def ensure_saved_sd15_concept(server: ComfyServer) -> None:
-    """Put the SD1.x embedding and LoRA that use_saved_concept names in place, whatever ran before.
+    """Put the SD1.x embedding and LoRA that "Use a trained concept" names in place, whatever ran before.
 
-    After the conceptprism_sd15 case (which runs first in this module) they are that run's files and
+    After the "SD1.5 - train a concept" case (which runs first in this module) they are that run's files and
     are used as they are. Otherwise (the case run alone, or after other families took those names)
     files of another family are moved aside and a 2-step tiny SD1.x training graph of the pack's own
     nodes (Load Concept Set, Optimize Prism Tokens, Save Prism Embedding, Prism LoRA Train, Save Prism
@@ -156,14 +168,22 @@ def ensure_saved_sd15_concept(server: ComfyServer) -> None:
         print(f"prepare: wrote {name} (conceptprism.family {family!r})")
 
 
-# Per shipped file; a file not listed runs with the defaults and only has to finish with some output.
+def training(family: str) -> WorkflowCase:
+    return WorkflowCase(family=family, overrides=TRAINING_LOWER, expected_outputs=TRAINING_OUTPUTS,
+                        expected_files=TRAINING_FILES)
+
+
+# Per shipped file (its stem is the template browser's title); a file not listed runs with the
+# defaults and only has to finish with some output.
 WORKFLOW_CASES: dict[str, WorkflowCase] = {
-    "conceptprism_sd15": WorkflowCase(overrides=TRAINING_LOWER, expected_outputs=TRAINING_OUTPUTS, expected_files=TRAINING_FILES),
-    "conceptprism_sd21": WorkflowCase(overrides=TRAINING_LOWER, expected_outputs=TRAINING_OUTPUTS, expected_files=TRAINING_FILES),
-    "conceptprism_sd21_sweep": WorkflowCase(overrides=SWEEP_LOWER, expected_outputs=SWEEP_OUTPUTS, expected_files=SWEEP_FILES),
-    "conceptprism_sdxl": WorkflowCase(overrides=TRAINING_LOWER, expected_outputs=TRAINING_OUTPUTS, expected_files=TRAINING_FILES),
-    "use_saved_concept": WorkflowCase(prepare=ensure_saved_sd15_concept, expected_outputs={"SaveImage": 1},
-                                      expected_files=["output/conceptprism/saved_concept_*_.png"]),
+    "SD1.5 - train a concept": training("sd15"),
+    "SD2.1 - train a concept": training("sd2v"),  # the 768-v (v-prediction) variant: the harder of the two
+    "SDXL - train a concept": training("sdxl"),
+    "Use a trained concept": WorkflowCase(family="sd15", prepare=ensure_saved_sd15_concept,
+                                          expected_outputs={"SaveImage": 1},
+                                          expected_files=["output/conceptprism/saved_concept_*_.png"]),
+    "SD2.1 - train and pick the step": WorkflowCase(family="sd2v", overrides=SWEEP_LOWER, expected_outputs=SWEEP_OUTPUTS,
+                                                    expected_files=SWEEP_FILES),
 }
 
 
@@ -174,10 +194,11 @@ class Frontend:
     server: ComfyServer
     browser: FrontendBrowser
 
-    def load(self, name: str, **source) -> LoadReport:
-        """Load a workflow (workflow=dict or template="<folder>/<stem>"), screenshot it, print a summary."""
+    def load(self, name: str, keep: bool = False, **source) -> LoadReport:
+        """Load a workflow (workflow=dict or template="<folder>/<stem>"), screenshot it, print a summary.
+        With keep, the page stays open (self.browser's page methods act on it)."""
         start = time.monotonic()
-        report = self.browser.load(name, screenshot=SCREENSHOTS / f"{name}.png", **source)
+        report = self.browser.load(name, screenshot=SCREENSHOTS / f"{name}.png", keep=keep, **source)
         print(f"[{name}] loaded in {time.monotonic() - start:.1f} s (ms since page open: {report.times_ms}); "
               f"screenshot {report.screenshot}")
         startup = report.startup
@@ -187,6 +208,13 @@ class Frontend:
         for line in report.problems():
             print(f"[{name}] PROBLEM {line}")
         return report
+
+    def post_from_page(self, prompt: dict, workflow: dict | None) -> tuple[int, dict]:
+        """Queue from the open page (prompt_run.run_prompt's `post`): the page gets the run's messages."""
+        answer = self.browser.queue(prompt, workflow)
+        if "error" in answer:
+            return 400, answer.get("response") or {"error": answer["error"]}
+        return 200, answer["response"]
 
 
 @pytest.fixture(scope="module")
@@ -216,10 +244,15 @@ def assert_loads_cleanly(report: LoadReport) -> None:
 
 
 def run_with_tiny_models(frontend: Frontend, report: LoadReport, family: str, overrides: dict[str, object],
-                         timeout: float = 180.0) -> tuple[dict, RunResult]:
-    """Queue the frontend's prompt with the allowed substitutions; print them and how the run ended."""
+                         timeout: float = 180.0, from_page: bool = False) -> tuple[dict, RunResult]:
+    """Queue the frontend's prompt with the allowed substitutions; print them and how the run ended.
+    from_page: queue it from the page `report` kept open, and wait until that page has the run's messages."""
     prompt = substitute(report.prompt, family, overrides, log=lambda line: print(f"[{report.name}] {line}"))
-    result = run_prompt(frontend.server, prompt, report.workflow, timeout=timeout)
+    result = run_prompt(frontend.server, prompt, report.workflow, timeout=timeout,
+                        post=frontend.post_from_page if from_page else None)
+    if from_page and result.prompt_id:
+        events = frontend.browser.wait(result.prompt_id, timeout)
+        print(f"[{report.name}] the page received {[e['type'] for e in events]}")
     print(f"[{report.name}] run {result.status} in {result.seconds:.1f} s; outputs {result.outputs_by_class(prompt)}")
     for error in result.errors:
         print(f"[{report.name}] ERROR {error}")
@@ -244,11 +277,64 @@ def write_concept_images(prompt: dict, input_dir: Path, count: int) -> None:
             print(f"test data: {count} images in input/{folder} for node {node_id}")
 
 
+def shown_names(frontend: Frontend, prompt: dict, result: RunResult, stem: str) -> dict[str, str]:
+    """{Save node class: the name its Preview Any node shows}, checked against what the Save node
+    reported to the server (its history entry) and the file that name stands for; screenshots them."""
+    previews = {node_id: node["inputs"]["source"][0] for node_id, node in prompt.items()
+                if node["class_type"] == "PreviewAny" and isinstance(node["inputs"].get("source"), list)}
+    shown = frontend.browser.widgets([int(i) for i in previews])
+    names = {}
+    for preview_id, save_id in previews.items():
+        save_class = prompt[save_id]["class_type"]
+        reported = result.outputs[save_id]["text"][0]
+        value = shown[preview_id]["widgets"]["preview"]
+        print(f"[{stem}] node {preview_id} '{shown[preview_id]['title']}' shows {value!r} ({save_class} reported {reported!r})")
+        assert value == reported, f"{shown[preview_id]['title']} shows {value!r}, {save_class} reported {reported!r}"
+        folder, file_of = SAVE_NODES[save_class]
+        assert (frontend.server.base / folder / file_of(value)).is_file(), f"{value!r} names no file in {folder}"
+        names[save_class] = value
+    frame = sorted({int(i) for pair in previews.items() for i in pair})
+    if frame:
+        frontend.browser.frame(SCREENSHOTS / f"{stem} - names after the run.png", frame, viewport=(1200, 900))
+    return names
+
+
 def test_server_loads_the_pack_and_the_test_only_node(frontend: Frontend):
     pack_nodes = frontend.server.loaded_from(PACK_FOLDER)
     print(f"ComfyUI's loader registered from custom_nodes/{PACK_FOLDER}: {pack_nodes}")
-    assert pack_nodes and all(name.startswith("ConceptPrism") for name in pack_nodes)
+    # What ComfyUI-Manager reads from the source is what the host's loader registers.
+    assert pack_nodes == sorted(literal_mapping_keys((PACK_ROOT / "nodes" / "__init__.py").read_text()))
     assert frontend.server.loaded_from(TEST_NODE_FOLDER) == sorted([TEST_LOADER, TEST_VISION_LOADER])
+
+
+def test_every_template_has_a_thumbnail(frontend: Frontend):
+    from PIL import Image
+
+    stems = frontend.server.get("/workflow_templates")[PACK_FOLDER]
+    assert sorted(stems) == sorted(p.stem for p in SHIPPED)
+    for stem in stems:  # fetched as the template browser does: /api/workflow_templates/<folder>/<stem>.jpg
+        with urllib.request.urlopen(f"{frontend.server.url}/api/workflow_templates/{PACK_FOLDER}/"
+                                    f"{urllib.parse.quote(stem)}.jpg", timeout=30) as response:
+            image = Image.open(io.BytesIO(response.read()))
+            assert image.format == "JPEG" and image.width >= 512 and image.width / image.height == 1.6, (stem, image.size)
+
+
+def test_a_first_run_names_everything_missing_at_once(frontend: Frontend):
+    """No checkpoint in models/checkpoints and no concept folder: one Run, one dialog naming both."""
+    stem = "SD1.5 - train a concept"
+    report = frontend.load(f"{stem} (first run)", keep=True, template=f"{PACK_FOLDER}/{stem}")
+    assert_loads_cleanly(report)
+    concept_id = next(int(i) for i, n in report.prompt.items() if n["class_type"] == "ConceptPrismLoadConceptSet")
+    checkpoint_id = next(int(i) for i, n in report.prompt.items() if n["class_type"] == "CheckpointLoaderSimple")
+    folder = "conceptprism/first_run_not_created"  # the template's own folder may exist from another test
+    frontend.browser.set_widgets({concept_id: {"folder": folder}})
+    answer = frontend.browser.run()  # what the Run button does
+    print(f"[first run] queued: {answer['queued']}; shown: {answer['ui']}")
+    frontend.browser.frame(SCREENSHOTS / "first run - what Run shows.png", [checkpoint_id, concept_id], viewport=(1600, 1000))
+    dialogs = " ".join(m["text"] for m in answer["ui"] if m["kind"] == "dialog")
+    assert "ckpt_name" in dialogs and "v1-5-pruned-emaonly.safetensors" in dialogs, dialogs
+    assert str(frontend.server.base / "input" / folder) in dialogs and "does not exist" in dialogs, dialogs
+    assert not (frontend.server.base / "input" / folder).exists()
 
 
 def test_stock_workflow_loads_cleanly_and_runs_on_tiny_models(frontend: Frontend):
@@ -288,7 +374,7 @@ def test_shipped_workflow_loads_from_the_template_browser_and_runs(frontend: Fro
     family = case.family or family_for(path)
     templates = frontend.server.get("/workflow_templates")
     assert path.stem in templates.get(PACK_FOLDER, []), f"the template browser does not list {path.name}: {templates}"
-    report = frontend.load(path.stem, template=f"{PACK_FOLDER}/{path.stem}")
+    report = frontend.load(path.stem, keep=True, template=f"{PACK_FOLDER}/{path.stem}")
     assert_loads_cleanly(report)
 
     write_concept_images(report.prompt, frontend.server.base / "input", case.concept_images)
@@ -296,7 +382,7 @@ def test_shipped_workflow_loads_from_the_template_browser_and_runs(frontend: Fro
         case.prepare(frontend.server)
     before = _files(frontend.server.base)
     log_start = len(frontend.server.log_path.read_text(errors="replace"))
-    prompt, result = run_with_tiny_models(frontend, report, family, case.overrides, case.timeout)
+    prompt, result = run_with_tiny_models(frontend, report, family, case.overrides, case.timeout, from_page=True)
     assert result.status == "success" and not result.errors, "\n".join(result.errors)
     run_log = frontend.server.log_path.read_text(errors="replace")[log_start:]
     warned = [line for line in run_log.splitlines() if any(text in line for text in case.log_must_not_contain)]
@@ -309,3 +395,6 @@ def test_shipped_workflow_loads_from_the_template_browser_and_runs(frontend: Fro
     print(f"[{path.stem}] new files: {[str(p) for p in new]}")
     for pattern in case.expected_files:
         assert any(p.match(pattern) for p in new), f"no new file matches {pattern!r}: {new}"
+    # Every Save node's name is on the canvas after the run, in a stock Preview Any node.
+    saves = {n["class_type"] for n in prompt.values() if n["class_type"] in SAVE_NODES}
+    assert set(shown_names(frontend, prompt, result, path.stem)) == saves

@@ -115,20 +115,74 @@ class FrontendBrowser:
             raise RuntimeError(f"driver.cjs: {answer['error']}")
         return answer["result"]
 
-    def load(self, name: str, *, workflow: dict | None = None, template: str | None = None,
-             screenshot: Path | None = None) -> LoadReport:
-        """Load `workflow` (a UI-format graph) or `template` ("<custom node folder>/<file stem>", fetched
-        from the server as the template browser does) in a fresh page; report what the frontend did."""
-        if screenshot:
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-        command = {"cmd": "load", "name": name, "workflow": workflow, "template": template,
-                   "screenshot": str(screenshot) if screenshot else None}
+    def _call(self, command: dict):
         self._process.stdin.write(json.dumps(command) + "\n")
         self._process.stdin.flush()
-        r = self._answer()
+        return self._answer()
+
+    def load(self, name: str, *, workflow: dict | None = None, template: str | None = None,
+             screenshot: Path | None = None, keep: bool = False) -> LoadReport:
+        """Load `workflow` (a UI-format graph) or `template` ("<custom node folder>/<file stem>", fetched
+        from the server as the template browser does) in a fresh page, or neither (the page as the app
+        opens it); report what the frontend did. With `keep`, the page stays open for the page methods
+        below (until the next load or close_page)."""
+        if screenshot:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+        r = self._call({"cmd": "load", "name": name, "workflow": workflow, "template": template,
+                        "screenshot": str(screenshot) if screenshot else None, "keep": keep})
         return LoadReport(name, r["startup"], r["ui"], r["unknownNodes"], r["consoleErrors"], r["pageErrors"],
                           r["screenshotErrors"], r["nativeDialogs"], r["failedRequests"], r["prompt"], r["workflow"], r["promptError"],
                           screenshot, r["times"])
+
+    # The page a `load(..., keep=True)` left open, used as a user would.
+    def queue(self, prompt: dict, workflow: dict | None) -> dict:
+        """POST /prompt from the page (its client id, so it receives the run's messages, as after Run).
+        {"response": {"prompt_id", "node_errors"...}} or {"error", "response"} when the server refused it."""
+        return self._call({"cmd": "queue", "prompt": prompt, "workflow": workflow})
+
+    def run(self) -> dict:
+        """What the Run button does (the app queues the graph it shows): {"queued", "ui": toasts/dialogs}."""
+        return self._call({"cmd": "run"})
+
+    def wait(self, prompt_id: str, timeout: float = 600.0) -> list[dict]:
+        """The execution messages the page received for `prompt_id`, once it succeeded, failed or was cancelled."""
+        return self._call({"cmd": "wait", "promptId": prompt_id, "timeoutMs": int(timeout * 1000)})
+
+    def widgets(self, node_ids: list[int] | None = None) -> dict[str, dict]:
+        """{node id (str): {"title", "type", "widgets": {name: value}, "options": {combo name: [choices]}}}
+        as the frontend holds them now (every node of the graph without `node_ids`)."""
+        return self._call({"cmd": "widgets", "nodeIds": node_ids})
+
+    def set_widgets(self, values: dict[int, dict[str, object]]) -> None:
+        """Set widget values ({node id: {widget name: value}}), as typing into them does."""
+        self._call({"cmd": "set_widgets", "values": {str(k): v for k, v in values.items()}})
+
+    def frame(self, path: Path, node_ids: list[int], pad: int = 20, viewport: tuple[int, int] | None = None,
+              focus: bool = False) -> dict:
+        """Screenshot the page with the canvas zoomed so the nodes fill it; `focus` hides the menus first
+        (the frontend's focus mode), `viewport` resizes the page (it stays so for this page)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return self._call({"cmd": "frame", "path": str(path), "nodeIds": node_ids, "pad": pad,
+                           "viewport": list(viewport) if viewport else None, "focus": focus})
+
+    def command(self, command_id: str) -> None:
+        """Run a frontend command (e.g. "Comfy.BrowseTemplates", "Workspace.ToggleFocusMode")."""
+        self._call({"cmd": "command", "id": command_id})
+
+    def click(self, text: str, exact: bool = False) -> None:
+        """Click the first visible element that shows `text`, as a user would."""
+        self._call({"cmd": "click", "text": text, "exact": exact})
+
+    def key(self, key: str) -> None:
+        """Press a key on the page (Playwright's key names)."""
+        self._call({"cmd": "key", "key": key})
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._call({"cmd": "screenshot", "path": str(path)})
+
+    def close_page(self) -> None:
+        self._call({"cmd": "close"})
 
     def close(self) -> None:
         """Quit the driver (it closes Chromium); kill only it if it does not answer."""

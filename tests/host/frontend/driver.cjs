@@ -2,8 +2,22 @@
 //
 // Protocol: one JSON config as argv[2]; then one JSON command per stdin line, one JSON answer per
 // stdout line ({ok: true, result} or {ok: false, error}). Commands:
-//   {cmd: "load", name, workflow | template: "<module>/<name>", screenshot}  -> load report
+//   {cmd: "load", name, workflow | template: "<module>/<name>", screenshot, keep}  -> load report
 //   {cmd: "quit"}
+// With keep, the page stays open for these, which act on it as a user's session would:
+//   {cmd: "queue", prompt, workflow}   -> the server's answer to POST /prompt from this page (its client id,
+//                                         so the page gets the run's messages), or {error, response}
+//   {cmd: "run"}                       -> what the Run button does (app.queuePrompt): {queued, ui}
+//   {cmd: "wait", promptId, timeoutMs} -> the page's execution messages for that prompt, once it ended
+//   {cmd: "widgets", nodeIds}          -> {id: {title, type, widgets: {name: value}, options: {combo: [choices]}}}
+//                                         (nodeIds null: every node)
+//   {cmd: "set_widgets", values}       -> sets {id: {name: value}} as typing into the widgets does
+//   {cmd: "frame", path, nodeIds, pad, viewport: [w, h], focus} -> a screenshot of those nodes, zoomed to fill
+//   {cmd: "command", id}               -> runs a frontend command, as its menu entry or key does
+//   {cmd: "click", text, exact}        -> clicks the first visible element showing that text
+//   {cmd: "key", key}                  -> presses a key (Playwright's names: "Escape", "Control+Enter")
+//   {cmd: "screenshot", path}          -> the page as it is
+//   {cmd: "close"}
 // Each load gets a new page with cleared web storage, so nothing one workflow leaves behind (the
 // frontend persists the open workflow in localStorage) reaches the next; the pages share one
 // persistent profile (a fresh --user-data-dir per session), so its HTTP cache is shared.
@@ -64,7 +78,7 @@ async function loadInPage({ name, workflow, template }) {
     if (!response.ok) throw new Error(`template ${template}: HTTP ${response.status}`);
     workflow = await response.json();
   }
-  await app.loadGraphData(workflow, true, true, name);
+  if (workflow) await app.loadGraphData(workflow, true, true, name);  // neither: the page as the app opens it
   return since;
 }
 
@@ -76,12 +90,87 @@ function unknownNodes() {
     .map((n) => ({ id: n.id, type: n.type })));
 }
 
+// In the page: keep the execution messages the app receives (the page's own client id gets them).
+function recordExecution() {
+  const api = window.comfyAPI.api.api;
+  const events = (window.__prismHarness.execution = []);
+  for (const type of ["execution_start", "executed", "execution_success", "execution_error", "execution_interrupted"]) {
+    api.addEventListener(type, (e) => events.push({ type, detail: e.detail }));
+  }
+}
+
+async function queueFromPage({ prompt, workflow }) {
+  try {
+    return { response: await window.comfyAPI.api.api.queuePrompt(0, { output: prompt, workflow }) };
+  } catch (e) {
+    return { error: String(e.message || e), response: e.response ?? null };
+  }
+}
+
+function widgetValues(nodeIds) {
+  const out = {};
+  for (const id of nodeIds ?? window.app.graph.nodes.map((n) => n.id)) {
+    const node = window.app.graph.getNodeById(id);
+    if (!node) continue;
+    const widgets = {};
+    const options = {};
+    for (const w of node.widgets ?? []) {
+      widgets[w.name] = w.value;
+      const values = w.options?.values;
+      if (Array.isArray(values)) options[w.name] = values;  // a combo's choices, as its list shows them
+    }
+    out[id] = { title: node.title, type: node.type, widgets, options };
+  }
+  return out;
+}
+
+function setWidgetValues(values) {
+  for (const [id, named] of Object.entries(values)) {
+    const node = window.app.graph.getNodeById(Number(id));
+    if (!node) throw new Error(`no node ${id}`);
+    for (const [name, value] of Object.entries(named)) {
+      const widget = node.widgets?.find((w) => w.name === name);
+      if (!widget) throw new Error(`node ${id} (${node.type}) has no widget ${name}`);
+      widget.value = value;
+      widget.callback?.(value, window.app.canvas, node);
+    }
+  }
+  window.app.graph.setDirtyCanvas(true, true);
+}
+
+// In the page: zoom and pan so that the nodes' bounding box (title bars included) fills the canvas.
+function frameNodes({ nodeIds, pad }) {
+  const canvas = window.app.canvas;
+  const titleHeight = window.LiteGraph.NODE_TITLE_HEIGHT;
+  const boxes = nodeIds.map((id) => window.app.graph.getNodeById(id)).filter(Boolean)
+    .map((n) => [n.pos[0], n.pos[1] - titleHeight, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+  if (!boxes.length) throw new Error(`none of the nodes ${nodeIds} is in the graph`);
+  const [x0, y0, x1, y1] = [0, 1, 2, 3].map((k) => (k < 2 ? Math.min : Math.max)(...boxes.map((b) => b[k])));
+  const [w, h] = [x1 - x0 + 2 * pad, y1 - y0 + 2 * pad];
+  const el = canvas.canvas;
+  const [cw, ch] = [el.clientWidth, el.clientHeight];
+  const scale = Math.min(cw / w, ch / h);
+  canvas.ds.scale = scale;
+  canvas.ds.offset[0] = -(x0 - pad) + (cw / scale - w) / 2;
+  canvas.ds.offset[1] = -(y0 - pad) + (ch / scale - h) / 2;
+  canvas.setDirty(true, true);
+  return { scale };
+}
+
 async function graphToPrompt() {
   const { output, workflow } = await window.app.graphToPrompt();
   return { output, workflow };
 }
 
+const state = { page: null };
+
+async function closeKept() {
+  if (state.page) await state.page.close();
+  state.page = null;
+}
+
 async function load(context, command) {
+  await closeKept();
   const page = await context.newPage();
   const consoleErrors = [];
   const pageErrors = [];
@@ -98,12 +187,15 @@ async function load(context, command) {
   try {
     await page.goto(config.url, { waitUntil: "load" });
     mark("page");
-    // Ready: the app object exists and has opened its default graph (GraphView does that last).
-    await page.waitForFunction(() => window.app?.graph?.nodes?.length > 0 && window.LiteGraph, null,
+    // Ready: the app object exists and has opened its default graph (GraphView does that last), or,
+    // for a new user (no settings yet), an empty one with the template browser over it.
+    await page.waitForFunction(() => window.LiteGraph && window.app?.graph
+                               && (window.app.graph.nodes?.length > 0 || document.querySelector(".p-dialog")), null,
                                { timeout: config.readyTimeoutMs, polling: 100 });
     mark("app");
     await page.waitForLoadState("networkidle", { timeout: 5000 }).catch(() => {});
     mark("idle");
+    await page.evaluate(recordExecution);
     const startup = { consoleErrors: consoleErrors.splice(0), pageErrors: pageErrors.splice(0),
                       ui: await page.evaluate(uiMessages, 0) };
     const since = await page.evaluate(loadInPage, command);
@@ -134,9 +226,59 @@ async function load(context, command) {
              screenshotErrors: [...consoleErrors, ...pageErrors], nativeDialogs, failedRequests,
              prompt: prompt?.output ?? null, workflow: prompt?.workflow ?? null, promptError, times };
   } finally {
-    await page.close();
+    if (command.keep) state.page = page;
+    else await page.close();
   }
 }
+
+const nextFrame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+
+// The commands that act on the page a `load` with `keep` left open.
+const onPage = {
+  queue: (page, c) => page.evaluate(queueFromPage, { prompt: c.prompt, workflow: c.workflow }),
+  async run(page) {
+    const since = await page.evaluate(() => performance.now());
+    const queued = await page.evaluate(() => window.app.queuePrompt(0));
+    await page.evaluate(nextFrame);
+    await page.waitForTimeout(config.settleMs);
+    return { queued, ui: await page.evaluate(uiMessages, since) };
+  },
+  async wait(page, c) {
+    const ended = (id) => window.__prismHarness.execution.some((e) => e.detail?.prompt_id === id
+      && ["execution_success", "execution_error", "execution_interrupted"].includes(e.type));
+    await page.waitForFunction(ended, c.promptId, { timeout: c.timeoutMs ?? 600000, polling: 200 });
+    await page.evaluate(nextFrame);
+    return page.evaluate((id) => window.__prismHarness.execution.filter((e) => e.detail?.prompt_id === id), c.promptId);
+  },
+  widgets: (page, c) => page.evaluate(widgetValues, c.nodeIds),
+  async command(page, c) {
+    await page.evaluate((id) => window.app.extensionManager.command.execute(id), c.id);
+    await page.waitForTimeout(config.settleMs);
+  },
+  async click(page, c) {
+    await page.getByText(c.text, { exact: c.exact ?? false }).locator("visible=true").first().click();
+    await page.waitForTimeout(config.settleMs);
+  },
+  async key(page, c) {
+    await page.keyboard.press(c.key);
+    await page.waitForTimeout(config.settleMs);
+  },
+  async screenshot(page, c) {
+    await page.evaluate(nextFrame);
+    await page.screenshot({ path: c.path });
+  },
+  set_widgets: (page, c) => page.evaluate(setWidgetValues, c.values),
+  async frame(page, c) {
+    if (c.viewport) await page.setViewportSize({ width: c.viewport[0], height: c.viewport[1] });
+    if (c.focus) await page.evaluate(() => window.app.extensionManager.command.execute("Workspace.ToggleFocusMode"));
+    await page.evaluate(nextFrame);
+    const framed = await page.evaluate(frameNodes, { nodeIds: c.nodeIds, pad: c.pad ?? 20 });
+    await page.evaluate(nextFrame);
+    await page.waitForTimeout(300);  // DOM widgets (text areas) follow the canvas on the next frames
+    await page.screenshot({ path: c.path });
+    return framed;
+  },
+};
 
 async function main() {
   const context = await chromium.launchPersistentContext(config.userDataDir, {
@@ -153,7 +295,12 @@ async function main() {
     const command = JSON.parse(line);
     if (command.cmd === "quit") break;
     try {
-      reply({ ok: true, result: await load(context, command) });
+      let result;
+      if (command.cmd === "load") result = await load(context, command);
+      else if (command.cmd === "close") result = await closeKept();
+      else if (onPage[command.cmd] && state.page) result = await onPage[command.cmd](state.page, command);
+      else throw new Error(`unknown command ${command.cmd}, or no page kept open for it`);
+      reply({ ok: true, result: result ?? null });
     } catch (e) {
       reply({ ok: false, error: String(e.stack || e) });
     }

@@ -29,7 +29,7 @@ def family_for(workflow_file: Path) -> str:
     name = workflow_file.stem.lower()
     if "sdxl" in name:
         return "sdxl"
-    if "sd21" in name:
+    if "sd2" in name:
         return "sd2v"  # the 768-v (v-prediction) variant: the harder of the two SD 2.1 checkpoints
     return "sd15"
 
@@ -90,12 +90,19 @@ class RunResult:
         return counts
 
 
-def run_prompt(server: ComfyServer, prompt: dict, workflow: dict | None = None, timeout: float = 180.0) -> RunResult:
+def run_prompt(server: ComfyServer, prompt: dict, workflow: dict | None = None, timeout: float = 180.0,
+               post: Callable[[dict, dict | None], tuple[int, dict]] | None = None) -> RunResult:
     """POST to /prompt as the frontend does (the workflow rides along for the PNG metadata), then
-    poll /history until the server files the result. On timeout, interrupt the run and raise."""
+    poll /history until the server files the result. On timeout, interrupt the run and raise.
+
+    post(prompt, workflow) -> (HTTP status, answer) queues it some other way, e.g. from a browser page
+    (frontend.browser.FrontendBrowser.queue), so that the page receives the run's messages."""
     start = time.monotonic()
-    body = {"prompt": prompt, "client_id": str(uuid.uuid4()), "extra_data": {"extra_pnginfo": {"workflow": workflow}}}
-    status, answer = server.post("/prompt", body)
+    if post is None:
+        body = {"prompt": prompt, "client_id": str(uuid.uuid4()), "extra_data": {"extra_pnginfo": {"workflow": workflow}}}
+        status, answer = server.post("/prompt", body)
+    else:
+        status, answer = post(prompt, workflow)
     if status != 200:
         return RunResult("rejected", errors=[str(answer.get("error"))] + _node_errors(answer),
                          seconds=time.monotonic() - start)

@@ -2,9 +2,10 @@
 
 Nothing is written into the pack's or the host's checkout: models, input, output, temp and user
 folders live in the temporary base directory, the database is in memory, and Python writes no
-bytecode. ``custom_nodes/`` there holds two links, found by ComfyUI's own loader:
-``comfyui-conceptprism`` -> this repository (the folder name a git clone from the README gets) and
-``prism_test_nodes`` -> ``test_only_node/`` (the tiny checkpoint and CLIP vision loaders, never shipped).
+bytecode. ``custom_nodes/`` there holds what ComfyUI's own loader finds: a link
+``conceptprism`` -> this repository (the folder name a git clone from the README gets), and
+``prism_test_nodes/``, a custom node written there at test time that registers the tiny checkpoint
+and CLIP vision loaders of ``tiny_loader_node.py`` (never shipped, and no node mapping in the pack's checkout).
 """
 from __future__ import annotations
 
@@ -19,20 +20,35 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host_setup import PACK_ROOT
+from hostenv import PACK_ROOT
 
-PACK_FOLDER = "comfyui-conceptprism"
+PACK_FOLDER = "conceptprism"  # the README's install folder, the registry name, the template category
 TEST_NODE_FOLDER = "prism_test_nodes"
 TEST_LOADER = "PrismTestTinyCheckpointLoader"
 TEST_VISION_LOADER = "PrismTestTinyCLIPVisionLoader"
-_TEST_NODE_SOURCE = Path(__file__).resolve().parent / "test_only_node"
+_TEST_NODE_SOURCE = Path(__file__).resolve().parent / "tiny_loader_node.py"
+# The generated custom node: loads tiny_loader_node.py by path and exports its classes. The mapping
+# is an attribute of that module, never a literal here (tests/core/test_manager_scan.py).
+_TEST_NODE_INIT = '''"""Written by the ConceptPrism test harness (tests/host/frontend/server.py): test-only nodes."""
+import importlib.util
+import sys
+
+_spec = importlib.util.spec_from_file_location("prism_test_tiny_loader_node", {source!r})
+_module = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _module
+_spec.loader.exec_module(_module)
+NODE_CLASS_MAPPINGS = _module.NODE_CLASSES
+NODE_DISPLAY_NAME_MAPPINGS = _module.DISPLAY_NAMES
+'''
 
 # Settings a user's fresh install would have, except that the first-run template browser is
-# skipped and the minimap hidden (both cover the graph in screenshots), and the checks the harness
-# relies on are pinned on.
+# skipped and the minimap, the canvas statistics and the canvas toolbar hidden (they cover the graph
+# in screenshots), and the checks the harness relies on are pinned on.
 _SETTINGS = {
     "Comfy.TutorialCompleted": True,
     "Comfy.Minimap.Visible": False,
+    "Comfy.Graph.CanvasInfo": False,
+    "Comfy.Graph.CanvasMenu": False,
     "Comfy.Validation.Workflows": True,
     "Comfy.Workflow.ShowMissingNodesWarning": True,
     "Comfy.Workflow.ShowMissingModelsWarning": True,
@@ -48,11 +64,12 @@ def free_port() -> int:
 
 
 def make_base_directory(base: Path) -> Path:
-    """Lay out a ComfyUI base directory: custom_nodes links and the default user's settings."""
+    """Lay out a ComfyUI base directory: the pack's link, the test-only node, the default user's settings."""
     nodes = base / "custom_nodes"
     nodes.mkdir(parents=True, exist_ok=True)
     (nodes / PACK_FOLDER).symlink_to(PACK_ROOT, target_is_directory=True)
-    (nodes / TEST_NODE_FOLDER).symlink_to(_TEST_NODE_SOURCE, target_is_directory=True)
+    (nodes / TEST_NODE_FOLDER).mkdir()
+    (nodes / TEST_NODE_FOLDER / "__init__.py").write_text(_TEST_NODE_INIT.format(source=str(_TEST_NODE_SOURCE)))
     user = base / "user" / "default"
     user.mkdir(parents=True, exist_ok=True)
     (user / "comfy.settings.json").write_text(json.dumps(_SETTINGS, indent=2))

@@ -1,10 +1,12 @@
-"""TEST-ONLY ComfyUI custom nodes: PrismTestTinyCheckpointLoader, PrismTestTinyCLIPVisionLoader. Never shipped.
+"""TEST-ONLY ComfyUI nodes: PrismTestTinyCheckpointLoader, PrismTestTinyCLIPVisionLoader. Never part of the shipped pack.
 
-The frontend harness links this folder into the ``custom_nodes`` of a temporary ComfyUI base
-directory (beside a link to the pack), so only the test server ever loads it. It returns the
-in-process tiny MODEL/CLIP/VAE of one family from ``tests/host/tiny_models.py``, in the same
-output order as CheckpointLoaderSimple, so a shipped workflow's checkpoint loader can be swapped
-for it without touching any link.
+Not a custom node folder of its own: at test time the harness (server.py, ``make_base_directory``)
+writes a two-line custom node into the temporary ComfyUI base directory that loads this file and
+registers ``NODE_CLASSES``, so only the test server ever sees the loader, and the pack's checkout
+holds no ``NODE_CLASS_MAPPINGS`` for ComfyUI-Manager's source scanner to advertise
+(tests/core/test_manager_scan.py). The loader returns the in-process tiny MODEL/CLIP/VAE of one
+family from ``tests/host/tiny_models.py``, in the same output order as CheckpointLoaderSimple, so a
+shipped workflow's checkpoint loader can be swapped for it without touching any link.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import folder_paths
 
-_TINY_MODELS_PATH = Path(__file__).resolve().parents[2] / "tiny_models.py"
+_TINY_MODELS_PATH = Path(__file__).resolve().parents[1] / "tiny_models.py"
 _MODELS: dict[str, object] = {}
 
 
@@ -77,7 +79,8 @@ class PrismTestTinyCLIPVisionLoader:
         return (_VISION[(kind, family)],)
 
 
-NODE_CLASS_MAPPINGS = {"PrismTestTinyCheckpointLoader": PrismTestTinyCheckpointLoader,
-                       "PrismTestTinyCLIPVisionLoader": PrismTestTinyCLIPVisionLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"PrismTestTinyCheckpointLoader": "Prism Test Tiny Checkpoint Loader (test only)",
-                              "PrismTestTinyCLIPVisionLoader": "Prism Test Tiny CLIP Vision Loader (test only)"}
+# Read by the generated custom node (server.py) as its NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS.
+NODE_CLASSES = {"PrismTestTinyCheckpointLoader": PrismTestTinyCheckpointLoader,
+                "PrismTestTinyCLIPVisionLoader": PrismTestTinyCLIPVisionLoader}
+DISPLAY_NAMES = {"PrismTestTinyCheckpointLoader": "Prism Test Tiny Checkpoint Loader (test only)",
+                 "PrismTestTinyCLIPVisionLoader": "Prism Test Tiny CLIP Vision Loader (test only)"}
