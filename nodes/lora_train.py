@@ -6,6 +6,7 @@ from pathlib import Path
 import folder_paths
 
 from ..prism_core.config import LoraConfig, help_text
+from ..prism_core.files import split_prefix
 from ..prism_core.lora_file import LoraWeights, read_lora, save_lora
 from ..prism_core.names import checked_prefix
 from ..prism_core.host.diffusion import TRAINING_DTYPES
@@ -71,8 +72,13 @@ class PrismLoRATrain:
         resume = None
         if resume_from and resume_from != NO_RESUME:
             resume = read_lora(Path(folder_paths.get_full_path_or_raise("loras", resume_from)), resume_from)
-        if checkpoint_every:
-            checkpoint_prefix = checked_prefix("checkpoint_prefix", checkpoint_prefix)  # before training, not at step N
+        if checkpoint_every:  # before training, not at step N
+            checkpoint_prefix = checked_prefix("checkpoint_prefix", checkpoint_prefix)
+            try:
+                split_prefix(first_folder("loras"), checkpoint_prefix)
+            except ValueError:
+                raise ValueError(f"Prism LoRA Train: checkpoint_prefix '{checkpoint_prefix}' points outside the loras folder; "
+                                 "use a plain name or a subfolder such as 'conceptprism/concept_lora'.") from None
 
         def save_checkpoint(weights: LoraWeights) -> None:
             save_lora(weights, first_folder("loras"), f"{checkpoint_prefix}_step{weights.steps:04d}")

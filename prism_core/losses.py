@@ -25,7 +25,8 @@ def native_coefficients(target: str, sigma: torch.Tensor, signal_scale: torch.Te
     """(c_x, c_d) with native = c_x * x_t + c_d * denoised, per sample.
 
     target: "eps" or "v"; sigma, signal_scale (a), noise_scale (b): [B] with x_t = a*x0 + b*eps.
-    Raises ValueError for another target name.
+    The v row is written for the noising of the host's EPS/V_PREDICTION family (a = 1, b = sigma), the
+    only one a v model has there. Raises ValueError for another target name.
     """
     if target == "eps":
         return 1.0 / noise_scale, -signal_scale / noise_scale

@@ -321,3 +321,14 @@ def test_graph_through_both_stages_runs_in_the_executor(tiny, tmp_path, lora_dir
     shapes = sorted(tuple(t.shape) for t in CAPTURED)
     assert len(shapes) == 2 and (1, 4, 8, 8) in shapes and all(torch.isfinite(t).all() for t in CAPTURED)
     assert [p.name for p in (lora_dir / "graph").iterdir()] == ["concept_00001_.safetensors"]
+
+
+def test_checkpoint_prefix_outside_the_loras_folder_is_refused_before_training(tiny, lora_dir, monkeypatch):
+    import comfyui_conceptprism.nodes.lora_train as node_module
+    models = tiny("sd15")
+    started = []
+    monkeypatch.setattr(node_module, "train_concept_lora", lambda *a, **k: started.append(1))
+    with torch.inference_mode(), pytest.raises(ValueError, match="checkpoint_prefix '../escape' points outside"):
+        PrismLoRATrain().train(models.model, models.clip, models.vae, _concept(), _tokens(models),
+                               **_node_args(checkpoint_every=1, checkpoint_prefix="../escape"))
+    assert not started and not list(lora_dir.parent.glob("escape*"))

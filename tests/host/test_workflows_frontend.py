@@ -58,6 +58,9 @@ class WorkflowCase:
     expected_outputs: dict[str, int] = field(default_factory=dict)  # node class -> least number of output items
     expected_files: list[str] = field(default_factory=list)  # globs under the base directory, new files only
     timeout: float = 300.0
+    # Every Save node's name shown on the canvas by a Preview Any wired to it (issue 16). The sweep
+    # template feeds its saved LoRA name into the sweep instead, whose report Preview Any shows the choice.
+    names_shown: bool = True
     # Called with the running server (its base directory is server.base) before the run, to put files
     # the workflow expects in place (e.g. the embedding and LoRA that "Use a trained concept" loads); it
     # should print what it does.
@@ -183,7 +186,7 @@ WORKFLOW_CASES: dict[str, WorkflowCase] = {
                                           expected_outputs={"SaveImage": 1},
                                           expected_files=["output/conceptprism/saved_concept_*_.png"]),
     "SD2.1 - train and pick the step": WorkflowCase(family="sd2v", overrides=SWEEP_LOWER, expected_outputs=SWEEP_OUTPUTS,
-                                                    expected_files=SWEEP_FILES),
+                                                    expected_files=SWEEP_FILES, names_shown=False),
 }
 
 
@@ -281,7 +284,8 @@ def shown_names(frontend: Frontend, prompt: dict, result: RunResult, stem: str) 
     """{Save node class: the name its Preview Any node shows}, checked against what the Save node
     reported to the server (its history entry) and the file that name stands for; screenshots them."""
     previews = {node_id: node["inputs"]["source"][0] for node_id, node in prompt.items()
-                if node["class_type"] == "PreviewAny" and isinstance(node["inputs"].get("source"), list)}
+                if node["class_type"] == "PreviewAny" and isinstance(node["inputs"].get("source"), list)
+                and prompt[node["inputs"]["source"][0]]["class_type"] in SAVE_NODES}
     shown = frontend.browser.widgets([int(i) for i in previews])
     names = {}
     for preview_id, save_id in previews.items():
@@ -396,5 +400,5 @@ def test_shipped_workflow_loads_from_the_template_browser_and_runs(frontend: Fro
     for pattern in case.expected_files:
         assert any(p.match(pattern) for p in new), f"no new file matches {pattern!r}: {new}"
     # Every Save node's name is on the canvas after the run, in a stock Preview Any node.
-    saves = {n["class_type"] for n in prompt.values() if n["class_type"] in SAVE_NODES}
+    saves = {n["class_type"] for n in prompt.values() if n["class_type"] in SAVE_NODES} if case.names_shown else set()
     assert set(shown_names(frontend, prompt, result, path.stem)) == saves
