@@ -55,7 +55,9 @@ def scan_checkout(root: Path) -> dict[str, set[str]]:
     findings = {}
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
-        if any(part.startswith(".git") or part == "__pycache__" for part in relative.parts):
+        # Hidden folders (.git, and the venvs .ci/run and developers make: .ci-work, .venv) are no part of
+        # the pack a clone or the registry package holds.
+        if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
             continue
         ids = scan_file(path.read_text(encoding="utf-8"))
         if ids:
