@@ -375,12 +375,12 @@ class ReferenceVariant(Variant):
         self.models, self.concept, self.latents, self.initial, self.full = bench_models, concept, latents, initial, full
 
     def setup(self) -> None:
-        from ..prism_core.host import training_guard
+        from ..prism_core.host import out_of_place, training_guard
         start = time.perf_counter()
         clip = self.models.clip
         # the host's CLIP layers add residuals in place, which autograd cannot go back through
         self.stack.enter_context(training_guard.restore_modules(clip.cond_stage_model))
-        training_guard.out_of_place_clip_layers(clip.cond_stage_model)
+        out_of_place.out_of_place_text_layers(clip.cond_stage_model)
         target, residuals = self.initial
         n, n_r, width = residuals["clip_l"].shape
         rows = torch.cat([target["clip_l"], residuals["clip_l"].reshape(n * n_r, width)])

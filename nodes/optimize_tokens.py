@@ -1,15 +1,19 @@
 """OptimizePrismTokens: Stage 1 (paper Algorithm 1) as a node."""
 from __future__ import annotations
 
-from ..prism_core.config import TokenConfig, help_text
+from ..prism_core.config import FLUX_TOKEN_DEFAULTS, PRESETS, TokenConfig, help_text
 from ..prism_core.host.runtime import step_reporter
-from ..prism_core.host.stage1 import RunOptions, learn_tokens
+from ..prism_core.host.stage1 import RunOptions, family_config, learn_tokens
 from ..prism_core.host.diffusion import TRAINING_DTYPES
 from .types import CATEGORY, CONCEPT_SET, PRISM_TOKENS
 
 
 def _tip(name: str) -> str:
     return help_text(TokenConfig, name)
+
+
+def _flux_values() -> str:
+    return ", ".join(f"{name} {value:g}" for name, value in FLUX_TOKEN_DEFAULTS.items())
 
 
 class OptimizePrismTokens:
@@ -25,8 +29,8 @@ class OptimizePrismTokens:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL). Left unchanged."}),
-                "clip": ("CLIP", {"tooltip": "The model's text encoder; its CLIPSetLastLayer setting is honoured. Left unchanged."}),
+                "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL, FLUX.1 dev or schnell). Left unchanged."}),
+                "clip": ("CLIP", {"tooltip": "The model's text encoder(s) (FLUX.1: CLIP-L + T5-XXL from DualCLIPLoader); its CLIPSetLastLayer setting is honoured. Left unchanged."}),
                 "vae": ("VAE", {"tooltip": "Encodes the reference images once per run."}),
                 "concept_set": (CONCEPT_SET, {"tooltip": "From Load Concept Set."}),
                 "target_length": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": _tip("target_length")}),
@@ -43,17 +47,23 @@ class OptimizePrismTokens:
                 "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Most samples sharing one model call (reconstruction + anchors). Lower it if you run out of memory; results do not change."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, about 30% slower. Results do not change."}),
                 "training_dtype": (list(TRAINING_DTYPES), {"default": "auto", "tooltip": "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI loads SD checkpoints in float16 on most GPUs). auto (default): float16 with dynamic loss scaling on GPUs that run float16 well (measured: the float32 gradient to a cosine of 0.9999999, for about half the memory and time), else bfloat16, else float32; float32 on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). The token vectors always stay float32."}),
+                "preset": (list(PRESETS), {"default": "auto", "tooltip": "auto: SD models train with the values set here; FLUX.1 models train with the reference FLUX values (" + _flux_values() + ") in place of those widgets (the node shows which values ran). widgets: every value exactly as set here."}),
+                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "FLUX.1-dev's guidance input while training, on every branch (the reference: 3.5, the host's default too). Use the value you will sample with (FluxGuidance). Ignored by FLUX.1-schnell and SD models."}),
+                "flux_clip_l": (["fixed", "learned"], {"default": "fixed", "tooltip": "FLUX.1 only: fixed (default, as the reference) keeps the tokens' CLIP-L rows at their seeded start and trains the T5 rows; CLIP-L then only feeds FLUX's pooled vector the same way at every load. learned: train both."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def optimize(self, model, clip, vae, concept_set, target_length, residual_length, beta, exclusion_set_size,
                  learning_rate, steps, gradient_accumulation, caption_init, seed, max_batch=4,
-                 gradient_checkpointing=False, training_dtype="auto", unique_id=None):
+                 gradient_checkpointing=False, training_dtype="auto", preset="auto", guidance=3.5, flux_clip_l="fixed",
+                 unique_id=None):
         config = TokenConfig(target_length=target_length, residual_length=residual_length, beta=beta,
                              exclusion_set_size=exclusion_set_size, learning_rate=learning_rate, steps=steps,
                              gradient_accumulation=gradient_accumulation, caption_init=caption_init, seed=seed)
-        options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing)
+        config, label = family_config(model, config, preset, flux_clip_l)
+        options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing,
+                             guidance=guidance)
         tokens = learn_tokens(model, clip, vae, concept_set, config, options,
-                              on_step=step_reporter(steps, unique_id, "Stage 1", ("rec", "excl")))
+                              on_step=step_reporter(steps, unique_id, label, ("rec", "excl")))
         return (tokens,)

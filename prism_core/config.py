@@ -31,8 +31,11 @@ class TokenConfig:
     seed: int = _setting(0, "Seed for initialisation, image order, timesteps and noise. Same seed, same tokens.")
     weight_decay: float = _setting(0.01, "AdamW weight decay (the reference implementation's 1e-2).")
     max_grad_norm: float = _setting(1.0, "Gradient-norm clip on the token vectors (the reference implementation's 1.0); 0 disables.")
+    frozen_encoders: tuple[str, ...] | None = _setting(None, "Text encoders whose token rows keep their initial values (not trained). None: the family's default, clip_l on FLUX.1 (the reference FLUX trainer learns T5 rows only; CLIP-L feeds only the pooled vector), none on SD.")
 
     def __post_init__(self) -> None:
+        if self.frozen_encoders is not None:
+            object.__setattr__(self, "frozen_encoders", tuple(self.frozen_encoders))
         checks = [
             (self.target_length >= 1, "target_length must be at least 1"),
             (self.residual_length >= 0, "residual_length must be 0 or more"),
@@ -90,6 +93,24 @@ class LoraConfig:
 def help_text(config_class: type, name: str) -> str:
     """The help string of one dataclass field (used as a node tooltip)."""
     return config_class.__dataclass_fields__[name].metadata["help"]
+
+
+# The reference implementation's FLUX.1 Stage 1 values (its train_flux_stage1.py; METHOD.md): what the
+# "auto" preset runs on a FLUX.1 model in place of the SD values the widgets default to.
+FLUX_TOKEN_DEFAULTS: dict[str, Any] = {"residual_length": 1, "beta": 0.5, "learning_rate": 1e-4, "weight_decay": 1e-4,
+                                       "gradient_accumulation": 1}
+PRESETS = ("auto", "widgets")
+
+
+def family_preset(config: TokenConfig, family: str, preset: str) -> TokenConfig:
+    """The config that runs: preset "widgets" keeps `config`; "auto" replaces the FLUX_TOKEN_DEFAULTS fields
+    when `family` is "flux" (other families' reference values are the widget defaults). Raises ValueError
+    for another preset name."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}.")
+    if preset == "auto" and family == "flux":
+        return dataclasses.replace(config, **FLUX_TOKEN_DEFAULTS)
+    return config
 
 
 # The four rows of the paper's Table 2, as overrides of the defaults.

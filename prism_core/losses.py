@@ -8,7 +8,8 @@ that depend only on sigma, and its native target is the same map applied to (x_t
 - v (variance-preserving, sigma_data s): v_hat = k * (x_t * s^2 / (sigma^2 + s^2) - x0_hat) with
   k = sqrt(sigma^2 + s^2) / (sigma * s), the inverse of the host's V_PREDICTION.calculate_denoised;
   for s = 1 this is (eps - sigma * x0) / sqrt(1 + sigma^2), the DDPM v = sqrt(ab) eps - sqrt(1-ab) x0;
-- flow velocity (eps - x0): (x_t - x0_hat) / sigma.
+- flow velocity (eps - x0): (x_t - x0_hat) / sigma, the output of the host's flow models itself
+  (its CONST sampling computes x0_hat = x_t - sigma * output), so the map only undoes that.
 The reference implementation trains each family on its own target (eps, v, flow velocity), with the
 paper's uniform weighting over its sampled timesteps; an eps loss on a v model would weight each
 step by alphabar_t = 1 / (1 + sigma^2) instead (high-noise steps down by up to ~200x for SD).
@@ -17,22 +18,26 @@ from __future__ import annotations
 
 import torch
 
-TARGETS = ("eps", "v")  # flow velocity comes with FLUX
+TARGETS = ("eps", "v", "flow")
 
 
 def native_coefficients(target: str, sigma: torch.Tensor, signal_scale: torch.Tensor, noise_scale: torch.Tensor,
                         sigma_data: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_x, c_d) with native = c_x * x_t + c_d * denoised, per sample.
 
-    target: "eps" or "v"; sigma, signal_scale (a), noise_scale (b): [B] with x_t = a*x0 + b*eps.
+    target: "eps", "v" or "flow"; sigma, signal_scale (a), noise_scale (b): [B] with x_t = a*x0 + b*eps.
     The v row is written for the noising of the host's EPS/V_PREDICTION family (a = 1, b = sigma), the
-    only one a v model has there. Raises ValueError for another target name.
+    only one a v model has there. The flow row is the velocity eps - x0 of rectified flow (FLUX.1: a = 1 - sigma,
+    b = sigma): eps - x0 = x_t / b - (a + b) / b * x0, i.e. (x_t - x0) / sigma. Raises ValueError for another
+    target name.
     """
     if target == "eps":
         return 1.0 / noise_scale, -signal_scale / noise_scale
     if target == "v":
         k = torch.sqrt(sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data)
         return k * sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2), -k
+    if target == "flow":
+        return 1.0 / noise_scale, -(signal_scale + noise_scale) / noise_scale
     raise ValueError(f"unknown prediction target {target!r}; expected one of {TARGETS}")
 
 

@@ -84,12 +84,19 @@ class TokenParameters:
     residuals: dict[str, torch.nn.Parameter]
 
     @classmethod
-    def from_initial(cls, target: dict[str, torch.Tensor], residuals: dict[str, torch.Tensor]) -> "TokenParameters":
-        as_param = lambda t: torch.nn.Parameter(t.detach().clone().float())
-        return cls({k: as_param(v) for k, v in target.items()}, {k: as_param(v) for k, v in residuals.items()})
+    def from_initial(cls, target: dict[str, torch.Tensor], residuals: dict[str, torch.Tensor],
+                     frozen: tuple[str, ...] = ()) -> "TokenParameters":
+        """Trainable copies of the initial vectors; the rows of text encoders in `frozen` keep their values
+        (requires_grad False). Raises ValueError when every encoder is frozen."""
+        if not set(target) - set(frozen):
+            raise ValueError(f"frozen_encoders {list(frozen)} leaves no text encoder to train (these tokens have {sorted(target)}).")
+        as_param = lambda k, t: torch.nn.Parameter(t.detach().clone().float(), requires_grad=k not in frozen)
+        return cls({k: as_param(k, v) for k, v in target.items()}, {k: as_param(k, v) for k, v in residuals.items()})
 
     def all(self) -> list[torch.nn.Parameter]:
-        return list(self.target.values()) + [p for p in self.residuals.values() if p.shape[1] > 0]
+        """The trained tensors (frozen encoders' rows and empty residuals left out)."""
+        return [p for p in self.target.values() if p.requires_grad] + [
+            p for p in self.residuals.values() if p.shape[1] > 0 and p.requires_grad]
 
     def slots(self, image: int) -> SlotVectors:
         return {
@@ -191,7 +198,7 @@ def optimize_tokens(
     gradients overflow is skipped and the scale lowered (loss_scaling.LossScaler).
     """
     n_images = latents.shape[0]
-    params = TokenParameters.from_initial(initial_target, initial_residuals)
+    params = TokenParameters.from_initial(initial_target, initial_residuals, config.frozen_encoders or ())
     trainable = params.all()
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     plan = plan_micro_steps(n_images, config.anchors_for(n_images), config.steps,

@@ -15,8 +15,9 @@ class MicroStep:
     """One micro-step of Algorithm 1.
 
     image: index i of the reconstructed image; anchors: the set J (indices != i);
-    timesteps: [1 + |J|] indices into the model's discrete schedule, reconstruction first, then one
-    per anchor (the reference draws each anchor's own t); noise_seed: seeds the [1 + |J|] noise draws.
+    timesteps: [1 + |J|] indices into the model's discrete schedule (flow models: into the grid of
+    `flow_sigmas`), reconstruction first, then one per anchor (the reference draws each anchor's own t);
+    noise_seed: seeds the [1 + |J|] noise draws.
     """
 
     image: int
@@ -53,6 +54,17 @@ def plan_micro_steps(
             group.append(MicroStep(image, anchors, timesteps, noise_seed))
         plan.append(group)
     return plan
+
+
+FLOW_SIGMA_LEVELS = 2 ** 24
+"""Flow models draw sigma uniformly on (0, 1] (the reference FLUX trainer: torch.rand, no shift). The plan draws
+an index k uniformly from range(FLOW_SIGMA_LEVELS) and sigma = (k + 1) / FLOW_SIGMA_LEVELS: float32's resolution
+on (0, 1], so the draws are uniform to 6e-8 and the plan's integer form (and every SD plan) is unchanged."""
+
+
+def flow_sigmas(indices: torch.Tensor) -> torch.Tensor:
+    """sigma = (k + 1) / FLOW_SIGMA_LEVELS in (0, 1] for plan indices k [B] (int). Returns [B] float32."""
+    return (indices.to(torch.float64) + 1).div(FLOW_SIGMA_LEVELS).to(torch.float32)
 
 
 def draw_noise(micro_step: MicroStep, sample_shape: torch.Size) -> torch.Tensor:

@@ -6,10 +6,12 @@ from typing import Any, Sequence
 
 import torch
 
+import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
 
 from ..losses import native_coefficients, native_from_denoised
+from ..schedule import FLOW_SIGMA_LEVELS, flow_sigmas
 
 Cond = dict[str, torch.Tensor]
 
@@ -43,29 +45,68 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def model_inputs(patcher: Any, cond: torch.Tensor, pooled: torch.Tensor | None, resolution: int,
-                 device: torch.device) -> Cond:
+                 device: torch.device, guidance: float | None = None) -> Cond:
     """The model inputs one encoded prompt provides: c_crossattn [1, L, D] and the family's extras
     (SDXL: y [1, 2816] from the pooled output and the size conditioning, which follows the training
-    resolution with crop 0)."""
+    resolution with crop 0; FLUX.1: y [1, 768] = CLIP-L's pooled output and guidance [1], which FLUX.1-dev
+    embeds and schnell ignores). guidance None: the host's default (3.5, as a sampler without FluxGuidance
+    uses). Raises ValueError for models that need inputs the pack cannot provide (e.g. inpainting)."""
     extras = patcher.model.extra_conds(
         cross_attn=cond, pooled_output=pooled, width=resolution, height=resolution, target_width=resolution,
-        target_height=resolution, crop_w=0, crop_h=0, device=device)
-    unsupported = set(extras) - {"c_crossattn", "y"}
+        target_height=resolution, crop_w=0, crop_h=0, device=device,
+        **({"guidance": guidance} if guidance is not None else {}))
+    unsupported = set(extras) - {"c_crossattn", "y", "guidance"}
     if unsupported:
         raise ValueError(f"ConceptPrism does not support models that need {sorted(unsupported)} (e.g. inpainting models).")
     return {key: value.cond for key, value in extras.items()}
 
 
-def prediction_target(sampling: Any) -> str:
+TRAINED_FAMILIES = "SD1.x, SD2.x (incl. v-prediction), SDXL and FLUX.1 (dev, schnell)"
+
+
+def is_flux1(patcher: Any) -> bool:
+    """FLUX.1 dev or schnell: the host's model_base.Flux running its FLUX.1 transformer (unet_config
+    image_model "flux"). FLUX.2 (v0.8.0's model_base.Flux2, a subclass with image_model "flux2" and a Mistral
+    text encoder), Chroma and other Flux-derived models are not FLUX.1."""
+    model = patcher.model
+    image_model = getattr(getattr(model, "model_config", None), "unet_config", {}).get("image_model")
+    return isinstance(model, comfy.model_base.Flux) and type(model).__name__ == "Flux" and image_model == "flux"
+
+
+def prediction_target(sampling: Any, patcher: Any | None = None) -> str:
     """The family's native training target, from the class of the (possibly patched) model_sampling:
-    "eps" for EPS models, "v" for V_PREDICTION (SD2.x-768-v). Raises ValueError for parameterisations
-    the pack does not train (EDM, x0, flow until FLUX support), naming what is supported."""
+    "eps" for EPS models, "v" for V_PREDICTION (SD2.x-768-v), "flow" (velocity eps - x0) for FLUX.1's CONST
+    sampling. A flow model is accepted only when `patcher` is FLUX.1 (`is_flux1`). Raises ValueError for
+    parameterisations and models the pack does not train (EDM, x0, FLUX.2, SD3, ...), naming what it trains."""
+    if isinstance(sampling, comfy.model_sampling.CONST):
+        if patcher is not None and is_flux1(patcher):
+            return "flow"
+        name = type(patcher.model).__name__ if patcher is not None else type(sampling).__name__
+        raise ValueError(
+            f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL is a flow model of another kind ({name}, e.g. FLUX.2, "
+            "SD3 or Chroma). Load a FLUX.1-dev or FLUX.1-schnell diffusion model, or an SD checkpoint.")
     if isinstance(sampling, (comfy.model_sampling.EDM, comfy.model_sampling.X0)) or not isinstance(sampling, comfy.model_sampling.EPS):
         raise ValueError(
-            f"ConceptPrism trains eps- and v-prediction models (SD1.x, SD2.x, SDXL); this MODEL's sampling is "
-            f"{type(sampling).__name__}. Load one of those checkpoints, and remove ModelSampling* patches that change "
+            f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL's sampling is "
+            f"{type(sampling).__name__}. Load one of those models, and remove ModelSampling* patches that change "
             "the prediction type.")
     return "v" if isinstance(sampling, comfy.model_sampling.V_PREDICTION) else "eps"
+
+
+def schedule_levels(patcher: Any) -> int:
+    """How many timestep indices a training plan draws from: the discrete schedule's length for eps and v
+    models (t ~ U{0..T-1}, paper Sec. 4.1), `FLOW_SIGMA_LEVELS` for flow models (sigma ~ U(0, 1], drawn directly:
+    FLUX's 10,000 stored sigmas are shifted, so a uniform index would not be a uniform sigma)."""
+    sampling = patcher.get_model_object("model_sampling")
+    if prediction_target(sampling, patcher) == "flow":
+        return FLOW_SIGMA_LEVELS
+    return int(sampling.sigmas.shape[0])
+
+
+def plan_sigmas(sampling: Any, kind: str, timesteps: Sequence[int]) -> torch.Tensor:
+    """sigma [B] float32 (CPU) of plan indices: the discrete schedule's sigmas, or the flow grid's."""
+    indices = torch.tensor(list(timesteps))
+    return flow_sigmas(indices) if kind == "flow" else sampling.sigmas[indices].float().cpu()
 
 
 class Predictor:
@@ -81,8 +122,8 @@ class Predictor:
     def __init__(self, patcher: Any, compute_dtype: torch.dtype = torch.float32) -> None:
         self.patcher = patcher
         self.sampling = patcher.get_model_object("model_sampling")
-        self.kind = prediction_target(self.sampling)
-        self.num_timesteps = int(self.sampling.sigmas.shape[0])
+        self.kind = prediction_target(self.sampling, patcher)
+        self.num_timesteps = schedule_levels(patcher)
         self.loss_scaling = compute_dtype == torch.float16
         self.device = patcher.load_device
         self.transformer_options = dict(patcher.model_options.get("transformer_options", {}))
@@ -91,7 +132,7 @@ class Predictor:
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sigma [B], x_t [B,C,H,W], c_x [B], c_d [B]) with native = c_x * x_t + c_d * denoised."""
         sampling = self.sampling
-        sigma = sampling.sigmas[torch.tensor(list(timesteps))].to(self.device, torch.float32)
+        sigma = plan_sigmas(sampling, self.kind, timesteps).to(self.device)
         latents, noise = latents.to(self.device, torch.float32), noise.to(self.device, torch.float32)
         noisy = sampling.noise_scaling(sigma, noise, latents)
         ones, zeros = torch.ones_like(sigma).view(-1, 1), torch.zeros_like(sigma).view(-1, 1)
@@ -101,7 +142,7 @@ class Predictor:
         return sigma, noisy, c_x, c_d
 
     def predict(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """latents, noise: [B, C, H, W]; timesteps: B indices into the discrete schedule; cond: batched
+        """latents, noise: [B, C, H, W]; timesteps: B plan indices (`plan_sigmas`); cond: batched
         model inputs. Returns the native prediction [B, C, H, W] float32."""
         sigma, noisy, c_x, c_d = self._noised(latents, timesteps, noise)
         inputs = {k: v.to(self.device) for k, v in cond.items()}
@@ -109,7 +150,7 @@ class Predictor:
         return native_from_denoised(noisy, denoised.float(), c_x, c_d)
 
     def target(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
-        """The native target [B, C, H, W] float32 of the same samples (eps for eps models, v for v models)."""
+        """The native target [B, C, H, W] float32 of the same samples (eps, v, or the flow velocity eps - x0)."""
         _, noisy, c_x, c_d = self._noised(latents, timesteps, noise)
         return native_from_denoised(noisy, latents.to(self.device, torch.float32), c_x, c_d)
 

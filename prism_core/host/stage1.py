@@ -1,6 +1,7 @@
 """Stage 1 on ComfyUI objects: initialise the tokens, run Algorithm 1, return a PrismTokens."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -8,13 +9,13 @@ from typing import Any, Callable
 import torch
 
 from ..concept_set import ConceptSet
-from ..config import TokenConfig
+from ..config import TokenConfig, family_preset
 from ..init import random_vectors, repeated_vector
 from ..input_checks import check_training_inputs
 from ..optimize import optimize_tokens
 from ..token_bank import PrismTokens
 from . import text
-from .diffusion import encode_latents
+from .diffusion import encode_latents, is_flux1, prediction_target
 from .stage1_backend import ComfyStage1Backend
 
 log = logging.getLogger("ConceptPrism")
@@ -22,11 +23,37 @@ log = logging.getLogger("ConceptPrism")
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run, not what to learn: memory and precision controls."""
+    """How to run, not what to learn: memory and precision controls, and FLUX.1's guidance input (the
+    reference FLUX trainer feeds 3.5 to every branch; FLUX.1-schnell has no guidance embedding and ignores it)."""
 
     max_batch: int = 8
     training_dtype: str = "auto"
     gradient_checkpointing: bool = False
+    guidance: float = 3.5
+
+
+FLUX_FROZEN_ENCODERS = ("clip_l",)
+
+
+def model_family(model: Any) -> str:
+    """"flux" for FLUX.1 (dev, schnell), else "sd" (SD1.x, SD2.x, SDXL; anything else is refused when training
+    starts, with the message of diffusion.prediction_target)."""
+    return "flux" if is_flux1(model) else "sd"
+
+
+def family_config(model: Any, config: TokenConfig, preset: str, flux_clip_l: str = "fixed") -> tuple[TokenConfig, str]:
+    """(config that runs, a line saying which values ran) for the node's preset (config.family_preset) and, on
+    FLUX.1, whether CLIP-L rows are "fixed" (default, as the reference) or "learned"."""
+    family = model_family(model)
+    config = family_preset(config, family, preset)
+    if family != "flux":
+        return config, "Stage 1"
+    if flux_clip_l not in ("fixed", "learned"):
+        raise ValueError(f"flux_clip_l must be 'fixed' or 'learned', got {flux_clip_l!r}.")
+    config = dataclasses.replace(config, frozen_encoders=FLUX_FROZEN_ENCODERS if flux_clip_l == "fixed" else ())
+    return config, (f"Stage 1 FLUX.1 ({preset}: residual_length {config.residual_length}, beta {config.beta:g}, "
+                    f"lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, accumulation "
+                    f"{config.gradient_accumulation}, clip_l {flux_clip_l})")
 
 
 def initial_vectors(backend: ComfyStage1Backend, captions: tuple[str, ...], config: TokenConfig
@@ -54,20 +81,30 @@ def initial_vectors(backend: ComfyStage1Backend, captions: tuple[str, ...], conf
 def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: TokenConfig,
                  options: RunOptions = RunOptions(),
                  on_step: Callable[[int, int, float, float], None] | None = None) -> PrismTokens:
-    """Paper Algorithm 1 on a MODEL/CLIP/VAE. The incoming objects are left as they were."""
+    """Paper Algorithm 1 on a MODEL/CLIP/VAE. The incoming objects are left as they were. Raises ValueError
+    before any work for a model family the pack does not train (diffusion.prediction_target) and for a FLUX.1
+    model without FLUX's text encoders."""
+    prediction_target(model.get_model_object("model_sampling"), model)
     widths = text.encoder_widths(clip)
     lengths = text.slot_lengths_for(
         {k: torch.empty(config.target_length, w) for k, w in widths.items()},
         {k: torch.empty(len(concept), config.residual_length, w) for k, w in widths.items()})
+    flux = is_flux1(model)
+    if flux and set(widths) != {"clip_l", "t5xxl"}:
+        raise ValueError(f"This FLUX.1 MODEL needs FLUX's text encoders (CLIP-L + T5-XXL), but the CLIP has {sorted(widths)}. "
+                         "Load them with DualCLIPLoader (type flux: clip_l and t5xxl) and connect that CLIP.")
+    if config.frozen_encoders is None:
+        config = dataclasses.replace(config, frozen_encoders=FLUX_FROZEN_ENCODERS if flux else ())
     with torch.inference_mode(False):
         latents = encode_latents(model, vae, concept.images.clone())
         check_training_inputs(concept.images, latents, concept.names, concept.source)
         backend = ComfyStage1Backend(model, clip, lengths, concept.resolution, options.max_batch,
-                                     options.training_dtype, options.gradient_checkpointing)
+                                     options.training_dtype, options.gradient_checkpointing,
+                                     options.guidance if flux else None)
         with backend:
             target, residuals, starts = initial_vectors(backend, concept.captions, config)
             target, residuals, history = optimize_tokens(backend, latents, target, residuals, config, on_step)
     settings = {**config.to_dict(), "resolution": concept.resolution, "residual_init": starts,
                 "training_dtype": backend.compute_dtype, "clip_layer": text.clip_layer(clip),
-                "prediction_target": backend.target_kind}
+                "prediction_target": backend.target_kind, **({"guidance": options.guidance} if flux else {})}
     return PrismTokens(target, residuals, list(concept.captions), list(concept.names), settings, history)

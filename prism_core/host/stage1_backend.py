@@ -8,7 +8,7 @@ import torch
 
 from ..optimize import Cond, Prompt, SlotVectors
 from . import text, training_guard
-from .diffusion import TRAINING_DTYPES, PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs  # noqa: F401 (re-exported)
+from .diffusion import TRAINING_DTYPES, PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs, schedule_levels  # noqa: F401 (re-exported)
 
 
 class ComfyStage1Backend(PredictingBackend):
@@ -20,11 +20,12 @@ class ComfyStage1Backend(PredictingBackend):
     """
 
     def __init__(self, model: Any, clip: Any, slot_lengths: dict[str, dict[str, int]], resolution: int,
-                 max_batch: int = 8, training_dtype: str = "float32", checkpointing: bool = False) -> None:
-        self.model, self.clip, self.slot_lengths = model, clip, slot_lengths
+                 max_batch: int = 8, training_dtype: str = "float32", checkpointing: bool = False,
+                 guidance: float | None = None) -> None:
+        self.model, self.clip, self.slot_lengths, self.guidance = model, clip, slot_lengths, guidance
         self.resolution, self.max_batch = resolution, max_batch
         self.training_dtype, self.checkpointing = training_dtype, checkpointing
-        self.num_timesteps = int(model.get_model_object("model_sampling").sigmas.shape[0])
+        self.num_timesteps = schedule_levels(model)
         self._tokens: dict[Prompt, dict[str, list]] = {}
         self._stack = contextlib.ExitStack()
 
@@ -44,7 +45,7 @@ class ComfyStage1Backend(PredictingBackend):
 
     # -- text ---------------------------------------------------------------------------------
     def _conditioning(self, cond: torch.Tensor, pooled: torch.Tensor | None) -> Cond:
-        return model_inputs(self.train_model, cond, pooled, self.resolution, self.device)
+        return model_inputs(self.train_model, cond, pooled, self.resolution, self.device, self.guidance)
 
     def encode(self, prompt: Prompt, vectors: SlotVectors) -> Cond:
         if prompt not in self._tokens:

@@ -18,7 +18,7 @@ from ..lora_train import train_lora
 from ..optimize import Cond, reconstruction_prompt
 from ..token_bank import PrismTokens
 from . import diffusion, lora_layers, text, training_guard
-from .diffusion import PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
+from .diffusion import PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs, schedule_levels
 from .resume_point import resume_point
 from .stage1 import RunOptions
 
@@ -35,7 +35,7 @@ class ComfyStage2Backend(PredictingBackend):
                  training_dtype: str = "float32", checkpointing: bool = False) -> None:
         self.model, self.adapters, self.max_batch = model, adapters, max_batch
         self.training_dtype, self.checkpointing = training_dtype, checkpointing
-        self.num_timesteps = int(model.get_model_object("model_sampling").sigmas.shape[0])
+        self.num_timesteps = schedule_levels(model)
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "ComfyStage2Backend":
@@ -119,7 +119,7 @@ def train_concept_lora(
         settings = {**config.to_dict(), "rank": rank, "alpha": alpha, "resolution": concept.resolution,
                     "training_dtype": training_dtype, "layers": "attention (to_q, to_k, to_v, to_out.0)",
                     "clip_layer": text.clip_layer(clip),
-                    "prediction_target": diffusion.prediction_target(model.get_model_object("model_sampling"))}
+                    "prediction_target": diffusion.prediction_target(model.get_model_object("model_sampling"), model)}
 
         def snapshot(steps_done: int, loss: list[float]) -> LoraWeights:
             return LoraWeights(lora_layers.adapter_tensors(adapters, names),

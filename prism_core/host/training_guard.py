@@ -4,8 +4,9 @@ Three things stand between ComfyUI's models and a backward pass, all undone when
 - weights created under the executor's inference_mode are inference tensors, which autograd
   cannot save. An identity weight wrapper on a *clone* of the ModelPatcher makes ``comfy.ops``
   copy each such weight per forward (`with_weight_copies`), so the base tensors stay untouched;
-- the CLIP encoder adds residuals in place (``x += ...``), which breaks backward: its layers get
-  out-of-place forwards for the duration (`out_of_place_clip_layers`);
+- the CLIP and T5 encoders and the FLUX blocks add residuals in place (``x += ...``), which breaks
+  backward (and makes checkpointed recomputation wrong); v0.8.0's FLUX RoPE has no backward: the
+  out_of_place module makes them autograd-safe for the duration with the host's arithmetic unchanged;
 - optional gradient checkpointing patches the diffusion model's top-level blocks with the host's
   own helpers (`gradient_checkpointing`).
 `restore_modules` snapshots every module attribute these touch and puts it back in ``finally``.
@@ -25,8 +26,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-import comfy.clip_model
 import comfy.model_management
+
+from .out_of_place import differentiable_rope, flux_blocks_on_copies, out_of_place_text_layers
 
 
 def _copy_made_by_host(weight: torch.Tensor) -> torch.Tensor:
@@ -51,6 +53,23 @@ def with_weight_copies(patcher: Any) -> Any:
             if isinstance(tensor, torch.Tensor) and tensor.is_inference():
                 clone.add_weight_wrapper(f"{name}.{kind}", _copy_made_by_host)
     return clone
+
+
+def replace_inference_parameters(root: torch.nn.Module) -> int:
+    """Give modules outside the host's cast machinery (no ``weight_function``: FLUX's RMSNorm ``scale``, T5's
+    layer-norm ``weight``, CLIP's ``text_projection``) ordinary copies of their inference-tensor parameters,
+    which autograd can save (the host's norms use them directly when the dtypes match). The copies are frozen
+    and hold the same values; call inside `restore_modules`, which puts the original Parameter objects back.
+    Returns how many were replaced."""
+    replaced = 0
+    for module in root.modules():
+        if hasattr(module, "weight_function") or isinstance(module, torch.nn.Embedding):
+            continue
+        for name, parameter in list(module._parameters.items()):
+            if isinstance(parameter, torch.Tensor) and parameter.is_inference():
+                module._parameters[name] = torch.nn.Parameter(parameter.clone(), requires_grad=False)
+                replaced += 1
+    return replaced
 
 
 DYNAMIC_VRAM_MESSAGE = (
@@ -107,16 +126,18 @@ _SNAPSHOT_ATTRIBUTES = ("weight_function", "bias_function", "forward", "org_forw
 
 @contextlib.contextmanager
 def restore_modules(*roots: torch.nn.Module) -> Iterator[None]:
-    """Put back every module's weight/bias function lists and instance-level forwards on exit."""
+    """Put back every module's weight/bias function lists, instance-level forwards and Parameter objects on exit."""
     saved = []
     for root in roots:
         for module in root.modules():
             state = {a: module.__dict__[a] for a in _SNAPSHOT_ATTRIBUTES if a in module.__dict__}
-            saved.append((module, state, {a: list(v) for a, v in state.items() if isinstance(v, list)}))
+            saved.append((module, state, {a: list(v) for a, v in state.items() if isinstance(v, list)},
+                          dict(module._parameters)))
     try:
         yield
     finally:
-        for module, state, lists in saved:
+        for module, state, lists, parameters in saved:
+            module._parameters.update(parameters)
             for attribute in _SNAPSHOT_ATTRIBUTES:
                 if attribute in state:
                     value = state[attribute]
@@ -125,20 +146,6 @@ def restore_modules(*roots: torch.nn.Module) -> Iterator[None]:
                     module.__dict__[attribute] = value
                 else:
                     module.__dict__.pop(attribute, None)
-
-
-def _out_of_place_forward(layer: comfy.clip_model.CLIPLayer):
-    def forward(x: torch.Tensor, mask: torch.Tensor | None = None, optimized_attention: Any = None) -> torch.Tensor:
-        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
-        return x + layer.mlp(layer.layer_norm2(x))
-    return forward
-
-
-def out_of_place_clip_layers(text_model: torch.nn.Module) -> None:
-    """Give each CLIPLayer an out-of-place forward (same arithmetic as the host's). Call inside `restore_modules`."""
-    for module in text_model.modules():
-        if isinstance(module, comfy.clip_model.CLIPLayer):
-            module.forward = _out_of_place_forward(module)
 
 
 def gradient_checkpointing(diffusion_model: torch.nn.Module) -> None:
@@ -174,9 +181,12 @@ def loaded_training_clones(model: Any, clip: Any | None = None, weight_wrappers:
         train_clip = source.clone()
         train_clip.patcher = with_weight_copies(source.patcher)
         roots.append(train_clip.cond_stage_model)
-    with restore_modules(*roots):
+    with restore_modules(*roots), differentiable_rope():
+        for root in roots:
+            replace_inference_parameters(root)
         if train_clip is not None:
-            out_of_place_clip_layers(train_clip.cond_stage_model)
+            out_of_place_text_layers(train_clip.cond_stage_model)
+        flux_blocks_on_copies(train_model.model.diffusion_model)  # before checkpointing wraps the blocks
         if checkpointing:
             gradient_checkpointing(train_model.model.diffusion_model)
         patchers = [train_model] + ([train_clip.patcher] if train_clip is not None else [])

@@ -15,7 +15,7 @@ def host_outputs(model, clip, seed: int = 5):
     with torch.inference_mode():
         positive = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a red ball"))
         negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        latent = torch.zeros(1, 4, RES // 8, RES // 8)
+        latent = torch.zeros(1, model.model.latent_format.latent_channels, RES // 8, RES // 8)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
         sample = comfy.sample.sample(model, noise, 3, 4.0, "euler", "normal", positive, negative, latent,
                                      seed=seed, disable_pbar=True)

@@ -32,7 +32,7 @@ def _concept(seed=0, n=3):
     return ConceptSet(images, tuple(f"{i}.png" for i in range(n)), captions, RES, "test")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + ["flux"])
 def test_incoming_model_and_clip_untouched_after_training_and_after_cancel(family, tiny):
     models = tiny(family)
     concept = _concept()
@@ -68,7 +68,7 @@ def test_incoming_model_and_clip_untouched_after_training_and_after_cancel(famil
     assert torch.equal(concept.images, images_before)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + ["flux"])
 def test_saved_embedding_in_plain_clip_text_encode_equals_prism_conditioning(family, tiny, folders):
     models = tiny(family)
     widths = text.encoder_widths(models.clip)
@@ -87,27 +87,30 @@ def test_saved_embedding_in_plain_clip_text_encode_equals_prism_conditioning(fam
         assert not torch.equal(plain[0][0][:, :8], without[0][0][:, :8])  # the vectors did go in
 
 
-def test_same_seed_same_tokens(tiny):
-    models = tiny("sd15")
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+def test_same_seed_same_tokens(family, tiny):
+    models = tiny(family)
     config = TokenConfig(steps=2, gradient_accumulation=2, seed=4)
     with torch.inference_mode():
         first = learn_tokens(models.model, models.clip, models.vae, _concept(), config)
         second = learn_tokens(models.model, models.clip, models.vae, _concept(), config)
-    assert torch.equal(first.target["clip_l"], second.target["clip_l"])
-    assert torch.equal(first.residuals["clip_l"], second.residuals["clip_l"])
+    for key in first.target:
+        assert torch.equal(first.target[key], second.target[key])
+        assert torch.equal(first.residuals[key], second.residuals[key])
     assert first.history.rec == second.history.rec
 
 
-def test_table2_configurations_from_node_inputs(tiny):
-    models = tiny("sd15")
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+def test_table2_configurations_from_node_inputs(family, tiny):
+    models = tiny(family)
     node = OptimizePrismTokens()
     widgets = OptimizePrismTokens.INPUT_TYPES()["required"]
     assert all(widgets[name][1]["tooltip"] for name in widgets)
     for name, overrides in TABLE2_CONFIGURATIONS.items():
         args = {**{k: v[1]["default"] for k, v in widgets.items() if "default" in v[1]}, **overrides, "steps": 1,
                 "gradient_accumulation": 1}
-        with torch.inference_mode():
-            tokens = node.optimize(models.model, models.clip, models.vae, _concept(), **args)[0]
+        with torch.inference_mode():  # preset "widgets": the Table-2 values exactly as set, on FLUX too
+            tokens = node.optimize(models.model, models.clip, models.vae, _concept(), **args, preset="widgets")[0]
         assert tokens.residual_length == args["residual_length"], name
         assert tokens.settings["beta"] == args["beta"]
         expected_start = "caption" if args["caption_init"] else "random"

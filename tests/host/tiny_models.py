@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
+import comfy.ldm.flux.model
 import comfy.model_base
 import comfy.model_patcher
 import comfy.sd
 import comfy.sd1_clip
 import comfy.text_encoders.sd2_clip
 import comfy.sdxl_clip
+import comfy.text_encoders.flux
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.model_management
@@ -61,18 +63,54 @@ def _unet(config_class, unet_config: dict, model_class, dtype: torch.dtype, **kw
     return model_class(config, **kwargs)
 
 
-def _vae(seed: int) -> comfy.sd.VAE:
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+def _vae(seed: int, channels: int = 4) -> comfy.sd.VAE:
+    ddconfig = {"double_z": True, "z_channels": channels, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
                 "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)  # the host warns about every key of the (deliberately) empty state dict
     try:
-        vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": ddconfig, "embed_dim": 4}}, dtype=torch.float32)
+        vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": ddconfig, "embed_dim": channels}}, dtype=torch.float32)
     finally:
         logger.setLevel(level)
     _init_(vae.first_stage_model, seed)
     return vae
+
+
+def _t5_config(width: int) -> dict:
+    """T5-XXL's config (comfy/text_encoders/t5_config_xxl.json) with a small width: 1 layer, 2 heads of 16,
+    the real vocabulary, gated GELU as in XXL."""
+    return {"d_model": width, "d_ff": 2 * min(width, 128), "d_kv": 16, "num_heads": 2, "num_layers": 1}
+
+
+def _flux(family: str, dtype: torch.dtype, t5_width: int):
+    """A tiny FLUX.1 transformer (HOST-NOTES: hidden 64, 4 heads, axes_dim [4, 6, 6], 1 double + 1 single
+    block, vec_in_dim 768 = CLIP-L's pooled width). The T5 width is read by the model from context_in_dim."""
+    dev = family == "flux"
+    config_class = comfy.supported_models.Flux if dev else comfy.supported_models.FluxSchnell
+    unet_config = {"image_model": "flux", "guidance_embed": dev, "in_channels": 16, "out_channels": 16,
+                   "vec_in_dim": 768, "context_in_dim": t5_width, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 4,
+                   "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2,
+                   "qkv_bias": True, "txt_ids_dims": []}
+    fields = comfy.ldm.flux.model.FluxParams.__dataclass_fields__
+    # txt_ids_dims exists from v0.8.0 on (FLUX.1: []); v0.3.64's FluxParams has no such field
+    unet_config = {k: v for k, v in unet_config.items() if k in fields or k == "image_model"}
+    config = config_class(unet_config)
+    config.set_inference_dtype(dtype, None)
+    return config.get_model({})
+
+
+def flux2_shaped() -> comfy.model_base.BaseModel:
+    """A tiny FLUX.2-shaped model (hosts with supported_models.Flux2, v0.8.0 on): the host's FLUX.2 config and
+    model class with small sizes, as model_detection would describe a FLUX.2 checkpoint. Only for refusal tests."""
+    config = comfy.supported_models.Flux2({
+        "image_model": "flux2", "axes_dim": [4, 4, 4, 4], "num_heads": 4, "mlp_ratio": 3.0, "theta": 2000,
+        "in_channels": 128, "out_channels": 128, "global_modulation": True, "mlp_silu_act": True, "qkv_bias": False,
+        "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0, "txt_ids_dims": [3], "patch_size": 1,
+        "vec_in_dim": 768, "context_in_dim": 64, "hidden_size": 64, "depth": 1, "depth_single_blocks": 1,
+        "guidance_embed": True})
+    config.set_inference_dtype(torch.float32, None)
+    return config.get_model({})
 
 
 def _unet_common(context_dim: int, channels: int) -> dict:
@@ -83,10 +121,13 @@ def _unet_common(context_dim: int, channels: int) -> dict:
 
 
 def build(family: str, seed: int = 0, embedding_directory: str | None = None, unet_dtype: torch.dtype = torch.float32,
-          clip_dtype: torch.dtype | None = None, rounded_like: torch.dtype | None = None) -> TinyModels:
+          clip_dtype: torch.dtype | None = None, rounded_like: torch.dtype | None = None, t5_width: int = 64) -> TinyModels:
     """Tiny models of `family`. unet_dtype / clip_dtype: how weights are stored (clip_dtype None: the host's
     default text-encoder dtype, float16 even on the CPU). rounded_like: with float32 storage, hold exactly
-    the values a model stored in that dtype holds (a float32 twin of a float16/bfloat16 build)."""
+    the values a model stored in that dtype holds (a float32 twin of a float16/bfloat16 build).
+    Families: "sd15", "sd2v", "sdxl", "flux" (FLUX.1-dev shaped: guidance embedding, ModelSamplingFlux) and
+    "flux-schnell" (no guidance embedding, discrete flow sampling); t5_width: the FLUX T5's width (its
+    vocabulary stays the real 32,128 rows)."""
     clip_options = {"dtype": clip_dtype} if clip_dtype is not None else {}
     with torch.inference_mode():
         if family == "sd15":
@@ -109,13 +150,19 @@ def build(family: str, seed: int = 0, embedding_directory: str | None = None, un
                                  embedding_directory=embedding_directory,
                                  model_options={**clip_options, "clip_l_model_config": _clip_config(768, 3, 12),
                                                 "clip_g_model_config": _clip_config(1280, 3, 20)})
+        elif family in ("flux", "flux-schnell"):
+            unet = _flux(family, unet_dtype, t5_width)
+            clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer, comfy.text_encoders.flux.FluxClipModel),
+                                 embedding_directory=embedding_directory,
+                                 model_options={**clip_options, "clip_l_model_config": _clip_config(768, 2, 12),
+                                                "t5xxl_model_config": _t5_config(t5_width)})
         else:
             raise ValueError(family)
         _init_(unet.diffusion_model, seed, rounded_like)
         _init_(clip.cond_stage_model, seed + 1, rounded_like)
         device = comfy.model_management.get_torch_device()
         model = comfy.model_patcher.ModelPatcher(unet, load_device=device, offload_device=device)
-        vae = _vae(seed + 2)
+        vae = _vae(seed + 2, 16 if family.startswith("flux") else 4)
     return TinyModels(family, model, clip, vae)
 
 

@@ -1,0 +1,120 @@
+"""Forwards that let autograd through the host's in-place residual adds, for the duration of training.
+
+The host's text encoders and FLUX blocks add residuals in place (``x += ...``: comfy/clip_model.py ~51,
+comfy/text_encoders/t5.py ~68 and ~177, comfy/ldm/flux/layers.py ~200-260 and ~258/346). Autograd saved the
+tensor being added to (a norm read it), so backward either fails ("modified by an inplace operation") or,
+under gradient checkpointing, recomputes a block from an input that was overwritten and returns a wrong
+gradient (62% off on v0.3.64, HOST-NOTES). Everything here computes the host's arithmetic unchanged:
+- CLIP and T5 layers get out-of-place forwards (the host's one-line residual blocks, rewritten with ``+``);
+- FLUX blocks keep the host's own forward (it changes between releases), but each works on copies of its
+  residual-stream inputs, and each norm that reads the residual stream normalises a copy, so no tensor
+  autograd saved (or checkpointing keeps for its recompute) is ever written to;
+- v0.8.0 routes FLUX RoPE through comfy-kitchen's ``apply_rope``, a custom op with no autograd formula:
+  `differentiable_rope` swaps in the host's own plain-torch formula (its math.py fallback) meanwhile.
+Instance attributes are put back by training_guard.restore_modules, the RoPE function by its context manager.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+
+import comfy.clip_model
+import comfy.text_encoders.t5
+
+
+def _clip_layer_forward(layer: comfy.clip_model.CLIPLayer) -> Callable:
+    def forward(x: torch.Tensor, mask: torch.Tensor | None = None, optimized_attention: Any = None) -> torch.Tensor:
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        return x + layer.mlp(layer.layer_norm2(x))
+    return forward
+
+
+def _t5_feed_forward(layer: comfy.text_encoders.t5.T5LayerFF) -> Callable:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return x + layer.DenseReluDense(layer.layer_norm(x))
+    return forward
+
+
+def _t5_self_attention(layer: comfy.text_encoders.t5.T5LayerSelfAttention) -> Callable:
+    def forward(x: torch.Tensor, mask: Any = None, past_bias: Any = None, optimized_attention: Any = None):
+        output, past_bias = layer.SelfAttention(layer.layer_norm(x), mask=mask, past_bias=past_bias,
+                                                optimized_attention=optimized_attention)
+        return x + output, past_bias
+    return forward
+
+
+_TEXT_LAYERS = (
+    (comfy.clip_model.CLIPLayer, _clip_layer_forward),
+    (comfy.text_encoders.t5.T5LayerFF, _t5_feed_forward),
+    (comfy.text_encoders.t5.T5LayerSelfAttention, _t5_self_attention),
+)
+
+
+def out_of_place_text_layers(text_model: torch.nn.Module) -> None:
+    """Give each CLIP and T5 residual layer an out-of-place forward (same arithmetic as the host's).
+    Call inside training_guard.restore_modules."""
+    for module in text_model.modules():
+        for layer_class, make_forward in _TEXT_LAYERS:
+            if isinstance(module, layer_class):
+                module.forward = make_forward(module)
+
+
+# The residual-stream tensors each FLUX block adds to in place, by argument name and position, and the norms
+# that read them (comfy/ldm/flux/layers.py, the same names in v0.3.64 and v0.8.0).
+_FLUX_STREAMS = {"DoubleStreamBlock": ("img", "txt"), "SingleStreamBlock": ("x",)}
+_FLUX_RESIDUAL_NORMS = ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2", "pre_norm")
+
+
+def _on_copies(forward: Callable, streams: tuple[str, ...]) -> Callable:
+    def on_copies(*args: Any, **kwargs: Any) -> Any:
+        args = tuple(a.clone() if i < len(streams) and isinstance(a, torch.Tensor) else a for i, a in enumerate(args))
+        kwargs = {k: v.clone() if k in streams and isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        return forward(*args, **kwargs)
+    return on_copies
+
+
+def flux_blocks_on_copies(diffusion_model: torch.nn.Module) -> int:
+    """Make the FLUX blocks' in-place residual adds safe for autograd (see the module docstring). Call
+    inside training_guard.restore_modules, before gradient checkpointing wraps the blocks (so the checkpoint
+    keeps the untouched inputs). Returns how many blocks were changed (0 for other models)."""
+    changed = 0
+    for module in diffusion_model.modules():
+        streams = _FLUX_STREAMS.get(type(module).__name__)
+        if streams is None or not type(module).__module__.startswith("comfy.ldm.flux"):
+            continue
+        module.forward = _on_copies(module.forward, streams)
+        for name in _FLUX_RESIDUAL_NORMS:
+            norm = getattr(module, name, None)
+            if norm is not None:
+                norm.forward = _on_copies(norm.forward, ("x", "input"))
+        changed += 1
+    return changed
+
+
+def _apply_rope1(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    # The host's plain-torch RoPE (comfy/ldm/flux/math.py: v0.3.64's apply_rope1, v0.8.0's fallback), with the
+    # in-place addcmul_ on its fresh product written out of place.
+    x_ = x.to(dtype=freqs_cis.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+    x_out = torch.addcmul(freqs_cis[..., 0] * x_[..., 0], freqs_cis[..., 1], x_[..., 1])
+    return x_out.reshape(*x.shape).type_as(x)
+
+
+def plain_apply_rope(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE on queries and keys [B, H, L, D] with the frequency tensor [B?, 1, L, D/2, 2, 2], differentiable."""
+    return _apply_rope1(xq, freqs_cis), _apply_rope1(xk, freqs_cis)
+
+
+@contextlib.contextmanager
+def differentiable_rope() -> Iterator[None]:
+    """While open, FLUX attention applies RoPE with `plain_apply_rope` (autograd works) instead of the host's
+    choice, which on v0.8.0 is comfy-kitchen's custom op without a backward; put back on exit, also after an
+    error or Cancel."""
+    import comfy.ldm.flux.math as flux_math
+    saved = flux_math.apply_rope
+    flux_math.apply_rope = plain_apply_rope
+    try:
+        yield
+    finally:
+        flux_math.apply_rope = saved
