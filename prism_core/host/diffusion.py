@@ -151,6 +151,9 @@ class Predictor:
 
     def target(self, latents: torch.Tensor, timesteps: Sequence[int], noise: torch.Tensor) -> torch.Tensor:
         """The native target [B, C, H, W] float32 of the same samples (eps, v, or the flow velocity eps - x0)."""
+        if self.kind == "flow":
+            # eps - x0 exactly: the affine map would divide x_t's float32 rounding by sigma (small for sigma near 0)
+            return noise.to(self.device, torch.float32) - latents.to(self.device, torch.float32)
         _, noisy, c_x, c_d = self._noised(latents, timesteps, noise)
         return native_from_denoised(noisy, latents.to(self.device, torch.float32), c_x, c_d)
 

@@ -41,7 +41,8 @@ def base_family(model: Any) -> BaseFamily:
             return BaseFamily(name, v_prediction, kohya, modelspec)
     raise ValueError(
         f"ConceptPrism Stage 2 supports SD1.x, SD2.x and SDXL checkpoints; this MODEL is {type(config).__name__}. "
-        "Load one of those, or use the Stage 1 tokens (Prism Conditioning, Save Prism Embedding) without a LoRA.")
+        "Load one of those, or use the Stage 1 tokens (Prism Conditioning, Save Prism Embedding) without a LoRA "
+        "(on FLUX.1, Stage 1 is supported and Stage 2 is not yet).")
 
 
 def attention_projections(model: Any) -> list[str]:

@@ -5,7 +5,7 @@ import pytest
 
 from comfyui_conceptprism.prism_core.losses import (eps_from_denoised, exclusion_loss, micro_step_weights,
                                                     native_coefficients, native_from_denoised, reconstruction_loss)
-from comfyui_conceptprism.prism_core.schedule import draw_noise, plan_micro_steps
+from comfyui_conceptprism.prism_core.schedule import FLOW_SIGMA_LEVELS, draw_noise, flow_sigmas, plan_micro_steps
 
 
 def test_eps_recovered_from_denoised_for_eps_and_flow_noising():
@@ -37,6 +37,23 @@ def test_native_targets_are_eps_and_ddpm_v():
     assert torch.allclose(ratio, alphabar.view(-1), rtol=1e-4)
     with pytest.raises(ValueError, match="unknown prediction target"):
         native_coefficients("x0", sigma, ones, sigma)
+
+
+def test_flow_target_is_the_velocity_and_the_model_output_comes_back():
+    """Rectified flow (FLUX.1): x_t = (1 - s) x0 + s eps, target v = eps - x0; a flow model's output u gives
+    x0_hat = x_t - s u (the host's CONST.calculate_denoised), and the flow row maps x0_hat back to u."""
+    x0, eps, u = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    s = torch.tensor([0.02, 0.5, 1.0])  # the map divides by s: float32 rounding of x_t grows as 1e-7 / s
+    sv = s.view(-1, 1, 1, 1)
+    noisy = (1 - sv) * x0 + sv * eps
+    coefficients = native_coefficients("flow", s, 1 - s, s)
+    assert torch.allclose(native_from_denoised(noisy, x0, *coefficients), eps - x0, atol=1e-4)
+    assert torch.allclose(native_from_denoised(noisy, noisy - sv * u, *coefficients), u, atol=1e-3)
+
+
+def test_flow_sigma_grid_covers_0_1_exclusive_inclusive():
+    ends = flow_sigmas(torch.tensor([0, FLOW_SIGMA_LEVELS // 2 - 1, FLOW_SIGMA_LEVELS - 1]))
+    assert ends.tolist() == [1 / FLOW_SIGMA_LEVELS, 0.5, 1.0]
 
 
 def test_exclusion_loss_is_mean_over_anchors_and_null_gets_no_gradient():
