@@ -5,14 +5,14 @@ from pathlib import Path
 
 import folder_paths
 
-from ..prism_core.config import LoraConfig, help_text
+from ..prism_core.config import FLUX_LORA_DEFAULTS, PRESETS, LoraConfig, family_preset, help_text
 from ..prism_core.files import split_prefix
 from ..prism_core.lora_file import LoraWeights, read_lora, save_lora
 from ..prism_core.names import checked_prefix
 from ..prism_core.host.diffusion import TRAINING_DTYPES
 from ..prism_core.host.folders import first_folder
 from ..prism_core.host.runtime import step_reporter
-from ..prism_core.host.stage1 import RunOptions
+from ..prism_core.host.stage1 import RunOptions, model_family
 from ..prism_core.host.stage2 import apply_lora, train_concept_lora
 from .types import CATEGORY, CONCEPT_SET, LORA_MODEL, LOSS_MAP, PRISM_TOKENS
 
@@ -40,7 +40,7 @@ class PrismLoRATrain:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model the tokens were learned with (SD1.x, SD2.x incl. v-prediction, SDXL). Left unchanged."}),
+                "model": ("MODEL", {"tooltip": "The diffusion model the tokens were learned with (SD1.x, SD2.x incl. v-prediction, SDXL, FLUX.1 dev or schnell). Left unchanged."}),
                 "clip": ("CLIP", {"tooltip": "Encodes the training prompts once per run. Left unchanged."}),
                 "vae": ("VAE", {"tooltip": "Encodes the reference images once per run."}),
                 "concept_set": (CONCEPT_SET, {"tooltip": "The concept set the tokens were learned on (same images, same order)."}),
@@ -58,6 +58,8 @@ class PrismLoRATrain:
                 "training_dtype": (list(TRAINING_DTYPES), {"default": "auto", "tooltip": "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI loads SD checkpoints in float16 on most GPUs). auto (default): float16 with dynamic loss scaling on GPUs that run float16 well (measured: the float32 gradient to a cosine of 0.9999999, for about half the memory and time), else bfloat16, else float32; float32 on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). The LoRA weights always stay float32 and apply on the float32 weight in float32 mode."}),
                 "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": _tip("checkpoint_every")}),
                 "checkpoint_prefix": ("STRING", {"default": "conceptprism/concept_lora", "tooltip": "Name (and optional subfolder) in models/loras for checkpoints; '_stepNNNN' and a counter are appended. < > : \" | ? * become '_'."}),
+                "preset": (list(PRESETS), {"default": "auto", "tooltip": "auto: SD models train with the values set here; FLUX.1 models train with the reference FLUX values (" + ", ".join(f"{k} {v:g}" for k, v in FLUX_LORA_DEFAULTS.items()) + ") in place of those widgets (the node's progress text shows the values that ran). widgets: every value exactly as set here."}),
+                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "FLUX.1-dev's guidance input while training (use the one the tokens were learned with; reference 3.5). Ignored by FLUX.1-schnell and SD models."}),
                 "resume_from": ([NO_RESUME] + folder_paths.get_filename_list("loras"), {"default": NO_RESUME, "tooltip": "Continue a LoRA saved by Save Prism LoRA (or a checkpoint): its weights, rank, alpha and step count carry on; 'steps' more steps are trained. Refused if it was trained on other tokens or images; other seed or accumulation settings are warned about and recorded."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
@@ -65,10 +67,19 @@ class PrismLoRATrain:
 
     def train(self, model, clip, vae, concept_set, tokens, rank, alpha, learning_rate, steps, gradient_accumulation, seed,
               max_batch=4, gradient_checkpointing=False, training_dtype="auto", checkpoint_every=0,
-              checkpoint_prefix="conceptprism/concept_lora", resume_from=NO_RESUME, unique_id=None):
+              checkpoint_prefix="conceptprism/concept_lora", resume_from=NO_RESUME, preset="auto", guidance=3.5,
+              unique_id=None):
         config = LoraConfig(rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                             gradient_accumulation=gradient_accumulation, seed=seed, checkpoint_every=checkpoint_every)
-        options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing)
+        flux = model_family(model) == "flux"
+        config = family_preset(config, model_family(model), preset)
+        label = "Stage 2"
+        if flux:
+            label = (f"Stage 2 FLUX.1 ({preset}: lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, steps "
+                     f"{config.steps}, checkpoint_every {config.checkpoint_every}, accumulation {config.gradient_accumulation})")
+        checkpoint_every = config.checkpoint_every
+        options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing,
+                             guidance=guidance)
         resume = None
         if resume_from and resume_from != NO_RESUME:
             resume = read_lora(Path(folder_paths.get_full_path_or_raise("loras", resume_from)), resume_from)
@@ -84,6 +95,6 @@ class PrismLoRATrain:
             save_lora(weights, first_folder("loras"), f"{checkpoint_prefix}_step{weights.steps:04d}")
 
         run = train_concept_lora(model, clip, vae, concept_set, tokens, config, options, resume,
-                                 on_step=step_reporter(steps, unique_id, "Stage 2", ("loss",)),
+                                 on_step=step_reporter(config.steps, unique_id, label, ("loss",)),
                                  on_checkpoint=save_checkpoint if checkpoint_every else None)
         return (apply_lora(model, run.weights), run.weights, {"loss": run.weights.loss})

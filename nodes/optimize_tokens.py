@@ -65,5 +65,5 @@ class OptimizePrismTokens:
         options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing,
                              guidance=guidance)
         tokens = learn_tokens(model, clip, vae, concept_set, config, options,
-                              on_step=step_reporter(steps, unique_id, label, ("rec", "excl")))
+                              on_step=step_reporter(config.steps, unique_id, label, ("rec", "excl")))
         return (tokens,)

@@ -102,14 +102,20 @@ FLUX_TOKEN_DEFAULTS: dict[str, Any] = {"residual_length": 1, "beta": 0.5, "learn
 PRESETS = ("auto", "widgets")
 
 
-def family_preset(config: TokenConfig, family: str, preset: str) -> TokenConfig:
-    """The config that runs: preset "widgets" keeps `config`; "auto" replaces the FLUX_TOKEN_DEFAULTS fields
-    when `family` is "flux" (other families' reference values are the widget defaults). Raises ValueError
-    for another preset name."""
+# The reference FLUX.1 Stage 2 values (rank and alpha 4 as for SD; its accumulation is 1, as in its Stage 1).
+FLUX_LORA_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-4, "weight_decay": 1e-4, "steps": 500, "checkpoint_every": 100,
+                                      "gradient_accumulation": 1}
+
+
+def family_preset(config: Any, family: str, preset: str) -> Any:
+    """The TokenConfig / LoraConfig that runs: preset "widgets" keeps `config`; "auto" replaces the
+    FLUX_TOKEN_DEFAULTS / FLUX_LORA_DEFAULTS fields when `family` is "flux" (other families' reference values
+    are the widget defaults). Raises ValueError for another preset name."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}.")
     if preset == "auto" and family == "flux":
-        return dataclasses.replace(config, **FLUX_TOKEN_DEFAULTS)
+        defaults = FLUX_TOKEN_DEFAULTS if isinstance(config, TokenConfig) else FLUX_LORA_DEFAULTS
+        return dataclasses.replace(config, **defaults)
     return config
 
 

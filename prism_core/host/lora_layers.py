@@ -4,10 +4,16 @@ Adapters are the host's own (``comfy.weight_adapter.LoRAAdapter``: its ``LoraDif
 what ComfyUI's TrainLoraNode trains), attached with ``add_weight_wrapper`` to a clone of the
 model, so the incoming MODEL never carries them. Names come from the host's own LoRA key map
 (``comfy.lora.model_lora_keys_unet``), so every name we write is one LoraLoader maps.
+
+Adapters are keyed by a target key: SD: the module name ('diffusion_model.<...>.attn1.to_q'); FLUX.1: the
+diffusers name of the projection ('transformer_blocks.0.attn.to_q'), because ComfyUI holds FLUX attention as
+fused weights (img_attn.qkv = q, k, v rows; single blocks' linear1 = q, k, v + MLP-in rows) and q, k and v
+each get their own adapter on their row slice, as the reference's separate to_q/to_k/to_v LoRAs.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,6 +21,7 @@ import torch
 import comfy.lora
 import comfy.model_base
 import comfy.supported_models
+import comfy.utils
 from comfy.weight_adapter import LoRAAdapter
 from comfy.weight_adapter.lora import LoraDiff
 
@@ -22,6 +29,27 @@ from ..lora_file import BaseFamily, layer_tensors
 
 # Paper Sec. 3.4 / reference: to_q, to_k, to_v, to_out.0 of every UNet self- and cross-attention.
 ATTENTION_PROJECTION = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
+
+# FLUX.1, in diffusers names (the reference FLUX trainer's): double blocks' image-stream q, k, v, out and
+# text-stream ("added") q, k, v, out; single blocks' q, k, v. Not the feed-forward layers (the reference adds
+# them; the paper's Stage 2 is an attention LoRA) nor the single blocks' MLP-in rows and linear2 (MLP + out).
+FLUX_ATTENTION_PROJECTION = re.compile(
+    r"^(transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+    r"|single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v))$")
+FLUX_LAYERS = ("double blocks: attention q, k, v, out and added q, k, v, out; single blocks: q, k, v "
+               "(row slices of the fused qkv / linear1 weights)")
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """One adapter's place: the host weight it patches ('diffusion_model.<module>.weight'), the row slice
+    (offset, size) of a fused weight or None for the whole weight, the adapted [out, in] shape, and its name
+    in LoRA files (kohya-style; LoraLoader maps it)."""
+
+    weight_key: str
+    rows: tuple[int, int] | None
+    shape: tuple[int, int]
+    file_name: str
 
 _FAMILIES = [  # checked in order: SDXL-derived configs first
     (comfy.supported_models.SDXL, "sdxl", "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
@@ -34,15 +62,19 @@ def base_family(model: Any) -> BaseFamily:
     """The LoRA-relevant family of a MODEL, or a ValueError naming what is supported."""
     config = model.model.model_config
     v_prediction = model.model.model_type == comfy.model_base.ModelType.V_PREDICTION
+    if isinstance(model.model, comfy.model_base.Flux) and type(model.model).__name__ == "Flux" \
+            and config.unet_config.get("image_model") == "flux":
+        dev = bool(config.unet_config.get("guidance_embed"))
+        return BaseFamily("flux1" if dev else "flux1-schnell", False, "flux1",
+                          "flux-1-dev/lora" if dev else "flux-1-schnell/lora")
     for config_class, name, kohya, modelspec in _FAMILIES:
         if isinstance(config, config_class):
             if name == "sd2" and v_prediction:
                 modelspec = "stable-diffusion-v2-768-v/lora"
             return BaseFamily(name, v_prediction, kohya, modelspec)
     raise ValueError(
-        f"ConceptPrism Stage 2 supports SD1.x, SD2.x and SDXL checkpoints; this MODEL is {type(config).__name__}. "
-        "Load one of those, or use the Stage 1 tokens (Prism Conditioning, Save Prism Embedding) without a LoRA "
-        "(on FLUX.1, Stage 1 is supported and Stage 2 is not yet).")
+        f"ConceptPrism Stage 2 supports SD1.x, SD2.x, SDXL and FLUX.1 (dev, schnell); this MODEL is {type(config).__name__}. "
+        "Load one of those, or use the Stage 1 tokens (Prism Conditioning, Save Prism Embedding) without a LoRA.")
 
 
 def attention_projections(model: Any) -> list[str]:
@@ -55,6 +87,86 @@ def attention_projections(model: Any) -> list[str]:
     if not names:
         raise ValueError("This MODEL has no UNet attention layers (attn1/attn2 to_q, to_k, to_v, to_out.0) to put a LoRA on.")
     return names
+
+
+def flux_targets(model: Any) -> dict[str, LoraTarget]:
+    """{diffusers name: LoraTarget} for FLUX.1's attention projections (FLUX_ATTENTION_PROJECTION), from the
+    host's own diffusers map (comfy.utils.flux_to_diffusers, which its LoRA loader uses), named as its loader's
+    OneTrainer keys ('lora_transformer_transformer_blocks_0_attn_to_q')."""
+    config = model.model.model_config.unet_config
+    weights = dict(model.model.named_parameters())
+    targets = {}
+    for diffusers_key, to in comfy.utils.flux_to_diffusers(config, output_prefix="diffusion_model.").items():
+        name = diffusers_key[:-len(".weight")] if diffusers_key.endswith(".weight") else None
+        if name is None or not FLUX_ATTENTION_PROJECTION.match(name):
+            continue
+        weight_key, rows = (to[0], (to[1][1], to[1][2])) if isinstance(to, tuple) else (to, None)
+        out_features, in_features = weights[weight_key].shape
+        targets[name] = LoraTarget(weight_key, rows, (rows[1] if rows else out_features, in_features),
+                                   "lora_transformer_" + name.replace(".", "_"))
+    if not targets:
+        raise ValueError("This FLUX MODEL has no attention layers the host's LoRA map names; it is not a FLUX.1 layout.")
+    return targets
+
+
+def lora_targets(model: Any) -> dict[str, LoraTarget]:
+    """{target key: LoraTarget} of the layers Stage 2 adapts on this MODEL (see the module docstring)."""
+    family = base_family(model)
+    if family.name.startswith("flux"):
+        return flux_targets(model)
+    layers = attention_projections(model)
+    modules = dict(model.model.named_modules())
+    names = kohya_names(model, family, layers)
+    return {layer: LoraTarget(f"{layer}.weight", None, tuple(modules[layer].weight.shape), names[layer]) for layer in layers}
+
+
+def layer_names(model: Any) -> list[str]:
+    """The target keys Stage 2 adapts (module names on SD, diffusers names on FLUX.1)."""
+    return list(lora_targets(model))
+
+
+def file_names(model: Any, keys: list[str]) -> dict[str, str]:
+    """{target key: name in the LoRA file} for `keys`."""
+    targets = lora_targets(model)
+    return {key: targets[key].file_name for key in keys}
+
+
+class RowSliceLoras(torch.nn.Module):
+    """A weight function adding separate LoRA updates to row slices of one fused weight (FLUX's qkv / linear1):
+    rows [offset, offset + size) get adapter(w[rows]) (the host's LoraDiff arithmetic on the slice, which is
+    what its LoRA loader does with a diffusers slice key), other rows pass unchanged; out of place."""
+
+    def __init__(self, slices: list[tuple[tuple[int, int], LoraDiff]]) -> None:
+        super().__init__()
+        ordered = sorted(slices, key=lambda item: item[0][0])
+        self.rows = [rows for rows, _ in ordered]
+        self.adapters = torch.nn.ModuleList([adapter for _, adapter in ordered])
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        pieces, start = [], 0
+        for (offset, size), adapter in zip(self.rows, self.adapters):
+            if offset > start:
+                pieces.append(w[start:offset])
+            pieces.append(adapter(w[offset:offset + size]))
+            start = offset + size
+        if start < w.shape[0]:
+            pieces.append(w[start:])
+        return torch.cat(pieces)
+
+
+def weight_wrappers(model: Any, adapters: dict[str, LoraDiff]) -> dict[str, Any]:
+    """{host weight key: weight function} putting `adapters` ({target key: adapter}) on a training clone:
+    the adapter itself for a whole weight, a RowSliceLoras for the slices of one fused weight."""
+    targets = lora_targets(model)
+    whole: dict[str, Any] = {}
+    sliced: dict[str, list] = {}
+    for key, adapter in adapters.items():
+        target = targets[key]
+        if target.rows is None:
+            whole[target.weight_key] = adapter
+        else:
+            sliced.setdefault(target.weight_key, []).append((target.rows, adapter))
+    return {**whole, **{key: RowSliceLoras(slices) for key, slices in sliced.items()}}
 
 
 def kohya_names(model: Any, family: BaseFamily, layer_names: list[str]) -> dict[str, str]:
@@ -78,13 +190,13 @@ def kohya_names(model: Any, family: BaseFamily, layer_names: list[str]) -> dict[
 
 def new_adapters(model: Any, layer_names: list[str], rank: int, alpha: float, seed: int) -> dict[str, LoraDiff]:
     """Fresh host LoRA adapters (update 0: down starts at zero), float32 on CPU, seeded independently
-    of the global RNG and of the model's device."""
-    modules = dict(model.model.named_modules())
+    of the global RNG and of the model's device; keyed by target key (`layer_names`)."""
+    targets = lora_targets(model)
     adapters = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name in layer_names:
-            stand_in = torch.empty(modules[name].weight.shape)  # create_train only reads shape and device
+            stand_in = torch.empty(targets[name].shape)  # create_train only reads shape and device
             adapters[name] = LoRAAdapter.create_train(stand_in, rank=rank, alpha=float(alpha))
     return adapters
 

@@ -39,7 +39,7 @@ class ComfyStage2Backend(PredictingBackend):
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "ComfyStage2Backend":
-        wrappers = {f"{name}.weight": adapter for name, adapter in self.adapters.items()}
+        wrappers = lora_layers.weight_wrappers(self.model, self.adapters)
         compute_dtype = resolve_dtype(self.training_dtype, self.model.load_device)
         self.compute_dtype = dtype_name(compute_dtype)
         self.train_model, _ = self._stack.enter_context(training_guard.loaded_training_clones(
@@ -65,16 +65,18 @@ def check_tokens_match(clip: Any, tokens: PrismTokens, concept: ConceptSet) -> N
 
 
 @torch.no_grad()
-def training_conditionings(model: Any, clip: Any, tokens: PrismTokens, resolution: int) -> list[Cond]:
+def training_conditionings(model: Any, clip: Any, tokens: PrismTokens, resolution: int,
+                           guidance: float | None = None) -> list[Cond]:
     """conds[i]: model inputs for image i's fixed prompt "<t_target> with <t_res(i)>", encoded once
-    per run through the host's own encode_from_tokens (CLIPSetLastLayer honoured). Call inside
-    ``torch.inference_mode(False)``: the copies returned are ordinary tensors autograd may save."""
+    per run through the host's own encode_from_tokens (CLIPSetLastLayer honoured); guidance: FLUX.1's
+    guidance input (None: the host's default). Call inside ``torch.inference_mode(False)``: the copies
+    returned are ordinary tensors autograd may save."""
     has_residual = tokens.residual_length > 0
     conds = []
     for i in range(len(tokens.image_names)):
         filled = text.bank_tokens(clip, tokens, "", reconstruction_prompt(i, has_residual).parts)
         cond, pooled = clip.encode_from_tokens(filled, return_pooled=True)
-        inputs = model_inputs(model, cond, pooled, resolution, torch.device("cpu"))
+        inputs = model_inputs(model, cond, pooled, resolution, torch.device("cpu"), guidance)
         conds.append({k: v.detach().cpu().clone() for k, v in inputs.items()})
     return conds
 
@@ -96,16 +98,18 @@ def train_concept_lora(
     """Paper Algorithm 2 on a MODEL/CLIP/VAE. The incoming objects are left as they were; the LoRA
     lives on a training clone only. `resume` continues a saved LoRA and its step count, if it was trained
     on these tokens and images (see resume_point)."""
+    target_kind = diffusion.prediction_target(model.get_model_object("model_sampling"), model)
     family = lora_layers.base_family(model)
+    flux = family.name.startswith("flux")
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
-    layers = lora_layers.attention_projections(model)
-    names = lora_layers.kohya_names(model, family, layers)
+    layers = lora_layers.layer_names(model)
+    names = lora_layers.file_names(model, layers)
     training_dtype = dtype_name(resolve_dtype(options.training_dtype, model.load_device))
     start = resume_point(resume, family, tokens, concept, config, training_dtype)
     start_step, earlier_loss = start.start_step, start.loss
     with torch.inference_mode(False):
-        conds = training_conditionings(model, clip, tokens, concept.resolution)
+        conds = training_conditionings(model, clip, tokens, concept.resolution, options.guidance if flux else None)
         latents = encode_latents(model, vae, concept.images.clone())
         check_training_inputs(concept.images, latents, concept.names, concept.source)
         if resume is not None:
@@ -117,9 +121,10 @@ def train_concept_lora(
         if resume is not None and (rank, alpha) != (config.rank, config.alpha):
             log.info("ConceptPrism: resuming keeps the saved LoRA's rank %d and alpha %g (the rank/alpha inputs are not used).", rank, alpha)
         settings = {**config.to_dict(), "rank": rank, "alpha": alpha, "resolution": concept.resolution,
-                    "training_dtype": training_dtype, "layers": "attention (to_q, to_k, to_v, to_out.0)",
-                    "clip_layer": text.clip_layer(clip),
-                    "prediction_target": diffusion.prediction_target(model.get_model_object("model_sampling"), model)}
+                    "training_dtype": training_dtype,
+                    "layers": lora_layers.FLUX_LAYERS if flux else "attention (to_q, to_k, to_v, to_out.0)",
+                    "clip_layer": text.clip_layer(clip), "prediction_target": target_kind,
+                    **({"guidance": options.guidance} if flux else {})}
 
         def snapshot(steps_done: int, loss: list[float]) -> LoraWeights:
             return LoraWeights(lora_layers.adapter_tensors(adapters, names),

@@ -45,13 +45,17 @@ def with_weight_copies(patcher: Any) -> Any:
     it is (copying the 49408-row vocabulary on every encoding cost ~5% of a Stage 1 step, bench/RESULTS.md).
     """
     clone = patcher.clone()
+    # Weights another clone has patched in (e.g. a LoraLoader model sampled earlier) are ordinary tensors now,
+    # but loading this clone puts the originals back from the shared backup, and those are inference tensors.
+    patched_in = set(getattr(clone, "backup", {}))
     for name, module in clone.model.named_modules():
         if not hasattr(module, "weight_function") or isinstance(module, torch.nn.Embedding):
             continue
         for kind in ("weight", "bias"):  # layer_norm saves its bias for backward too
             tensor = getattr(module, kind, None)
-            if isinstance(tensor, torch.Tensor) and tensor.is_inference():
-                clone.add_weight_wrapper(f"{name}.{kind}", _copy_made_by_host)
+            key = f"{name}.{kind}"
+            if isinstance(tensor, torch.Tensor) and (tensor.is_inference() or key in patched_in):
+                clone.add_weight_wrapper(key, _copy_made_by_host)
     return clone
 
 

@@ -161,3 +161,31 @@ def test_exclusion_loss_shrinks_the_residual_gap_compared_with_beta_zero(tiny):
     for initial_excl, gap_without, gap_with in results:
         assert initial_excl > 1e-3
         assert gap_with < gap_without
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+def test_training_after_a_lora_patched_clone_was_loaded(family, tiny):
+    """A LoRA-patched clone loaded earlier leaves its patched weights in the shared modules until the host
+    loads another clone, which puts the originals (inference tensors) back: training must still work and
+    learn exactly what it learns on a fresh model."""
+    from comfyui_conceptprism.prism_core.host import lora_layers
+    from comfyui_conceptprism.prism_core.host.stage2 import apply_lora
+    from comfyui_conceptprism.prism_core.lora_file import LoraWeights
+    models = tiny(family)
+    config = TokenConfig(steps=1, gradient_accumulation=1, residual_length=1)
+    with torch.inference_mode():
+        fresh = learn_tokens(models.model, models.clip, models.vae, _concept(), config)
+    keys = lora_layers.layer_names(models.model)
+    adapters = lora_layers.new_adapters(models.model, keys, 4, 4.0, seed=1)
+    with torch.no_grad():
+        for adapter in adapters.values():
+            adapter.lora_down.weight.normal_(0, 0.05)
+            adapter.lora_up.weight.normal_(0, 0.05)
+    lora = LoraWeights(lora_layers.adapter_tensors(adapters, lora_layers.file_names(models.model, keys)), {})
+    # Loaded outside inference mode (as training nodes, the host's Train LoRA included, and the oracles here
+    # do): the patched weights are ordinary tensors, the originals in the backup are inference tensors.
+    comfy.model_management.load_models_gpu([apply_lora(models.model, lora)])
+    with torch.inference_mode():
+        after = learn_tokens(models.model, models.clip, models.vae, _concept(), config)
+    for key in fresh.target:
+        assert torch.equal(fresh.target[key], after.target[key])

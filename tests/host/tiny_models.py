@@ -96,7 +96,9 @@ def _flux(family: str, dtype: torch.dtype, t5_width: int):
     # txt_ids_dims exists from v0.8.0 on (FLUX.1: []); v0.3.64's FluxParams has no such field
     unet_config = {k: v for k, v in unet_config.items() if k in fields or k == "image_model"}
     config = config_class(unet_config)
-    config.set_inference_dtype(dtype, None)
+    # fp8 storage: the host's loader always pairs it with a manual-cast compute dtype (float32 on the CPU)
+    manual_cast = torch.float32 if dtype.itemsize == 1 else None
+    config.set_inference_dtype(dtype, manual_cast)
     return config.get_model({})
 
 
