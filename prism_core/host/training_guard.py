@@ -59,21 +59,29 @@ def with_weight_copies(patcher: Any) -> Any:
     return clone
 
 
-def replace_inference_parameters(root: torch.nn.Module) -> int:
-    """Give modules outside the host's cast machinery (no ``weight_function``: FLUX's RMSNorm ``scale``, T5's
-    layer-norm ``weight``, CLIP's ``text_projection``) ordinary copies of their inference-tensor parameters,
-    which autograd can save (the host's norms use them directly when the dtypes match). The copies are frozen
-    and hold the same values; call inside `restore_modules`, which puts the original Parameter objects back.
-    Returns how many were replaced."""
-    replaced = 0
-    for module in root.modules():
-        if hasattr(module, "weight_function") or isinstance(module, torch.nn.Embedding):
-            continue
-        for name, parameter in list(module._parameters.items()):
-            if isinstance(parameter, torch.Tensor) and parameter.is_inference():
-                module._parameters[name] = torch.nn.Parameter(parameter.clone(), requires_grad=False)
-                replaced += 1
-    return replaced
+@contextlib.contextmanager
+def inference_parameter_copies(*roots: torch.nn.Module) -> Iterator[int]:
+    """While open, modules outside the host's cast machinery (no ``weight_function``: FLUX's RMSNorm ``scale``,
+    T5's layer-norm ``weight``, CLIP's ``text_projection``) hold ordinary copies of their inference-tensor
+    parameters, which autograd can save (the host's norms use them directly when the dtypes match). The copies
+    are frozen and hold the same values; on exit each original Parameter object goes back where our copy still
+    is (only those: the host swaps patched and original weights of other modules meanwhile). Yields the count."""
+    replaced = []
+    for root in roots:
+        for module in root.modules():
+            if hasattr(module, "weight_function") or isinstance(module, torch.nn.Embedding):
+                continue
+            for name, parameter in list(module._parameters.items()):
+                if isinstance(parameter, torch.Tensor) and parameter.is_inference():
+                    copy = torch.nn.Parameter(parameter.clone(), requires_grad=False)
+                    module._parameters[name] = copy
+                    replaced.append((module, name, parameter, copy))
+    try:
+        yield len(replaced)
+    finally:
+        for module, name, original, copy in replaced:
+            if module._parameters.get(name) is copy:
+                module._parameters[name] = original
 
 
 DYNAMIC_VRAM_MESSAGE = (
@@ -130,18 +138,16 @@ _SNAPSHOT_ATTRIBUTES = ("weight_function", "bias_function", "forward", "org_forw
 
 @contextlib.contextmanager
 def restore_modules(*roots: torch.nn.Module) -> Iterator[None]:
-    """Put back every module's weight/bias function lists, instance-level forwards and Parameter objects on exit."""
+    """Put back every module's weight/bias function lists and instance-level forwards on exit."""
     saved = []
     for root in roots:
         for module in root.modules():
             state = {a: module.__dict__[a] for a in _SNAPSHOT_ATTRIBUTES if a in module.__dict__}
-            saved.append((module, state, {a: list(v) for a, v in state.items() if isinstance(v, list)},
-                          dict(module._parameters)))
+            saved.append((module, state, {a: list(v) for a, v in state.items() if isinstance(v, list)}))
     try:
         yield
     finally:
-        for module, state, lists, parameters in saved:
-            module._parameters.update(parameters)
+        for module, state, lists in saved:
             for attribute in _SNAPSHOT_ATTRIBUTES:
                 if attribute in state:
                     value = state[attribute]
@@ -185,9 +191,7 @@ def loaded_training_clones(model: Any, clip: Any | None = None, weight_wrappers:
         train_clip = source.clone()
         train_clip.patcher = with_weight_copies(source.patcher)
         roots.append(train_clip.cond_stage_model)
-    with restore_modules(*roots), differentiable_rope():
-        for root in roots:
-            replace_inference_parameters(root)
+    with restore_modules(*roots), differentiable_rope(), inference_parameter_copies(*roots):
         if train_clip is not None:
             out_of_place_text_layers(train_clip.cond_stage_model)
         flux_blocks_on_copies(train_model.model.diffusion_model)  # before checkpointing wraps the blocks

@@ -54,6 +54,9 @@ def _oracle_velocity(model, z, sigma, eps, cond, pooled, guidance):
 
 
 def _micro_step_oracle(models, images, step, beta, guidance, t_word, r_word):
+    # The base model loaded through the host: another test's LoRA clone may still be patched into the
+    # shared modules, and apply_model below runs whatever the modules hold.
+    comfy.model_management.load_models_gpu([models.model])
     with torch.no_grad():
         z = models.model.model.process_latent_in(models.vae.encode(images)).float()
         eps = torch.randn((len(step.timesteps), *z.shape[1:]), generator=torch.Generator().manual_seed(step.noise_seed))

@@ -182,10 +182,16 @@ def test_training_after_a_lora_patched_clone_was_loaded(family, tiny):
             adapter.lora_down.weight.normal_(0, 0.05)
             adapter.lora_up.weight.normal_(0, 0.05)
     lora = LoraWeights(lora_layers.adapter_tensors(adapters, lora_layers.file_names(models.model, keys)), {})
-    # Loaded outside inference mode (as training nodes, the host's Train LoRA included, and the oracles here
-    # do): the patched weights are ordinary tensors, the originals in the backup are inference tensors.
-    comfy.model_management.load_models_gpu([apply_lora(models.model, lora)])
-    with torch.inference_mode():
-        after = learn_tokens(models.model, models.clip, models.vae, _concept(), config)
-    for key in fresh.target:
-        assert torch.equal(fresh.target[key], after.target[key])
+    before = host_outputs(models.model, models.clip)
+    for inference in (True, False):
+        # In inference mode as the executor loads it (a LoraLoader graph sampled before), and outside it (as
+        # training nodes, the host's Train LoRA included, and the oracles here do: the patched weights are then
+        # ordinary tensors, while the originals in the host's backup are inference tensors).
+        with torch.inference_mode(inference):
+            comfy.model_management.load_models_gpu([apply_lora(models.model, lora)])
+        with torch.inference_mode():
+            after = learn_tokens(models.model, models.clip, models.vae, _concept(), config)
+        for key in fresh.target:
+            assert torch.equal(fresh.target[key], after.target[key])
+        # and the incoming model is itself again when the host next loads it (the LoRA's weights are not left in)
+        assert all(torch.equal(a, b) for a, b in zip(before, host_outputs(models.model, models.clip)))

@@ -3,6 +3,8 @@
 The only changes made to a prompt are the ones the issue allows, and each is printed:
 - every checkpoint loader node becomes the test-only tiny loader of the stated family, keeping its
   node id, so every link to its MODEL/CLIP/VAE outputs (slots 0/1/2 in both) still holds;
+- every UNETLoader / DualCLIPLoader / VAELoader becomes the test-only loader of that part of the tiny
+  models (one output each, as the stock nodes);
 - every CLIPVisionLoader becomes the test-only tiny vision loader (one CLIP_VISION output, as the
   stock node): a tiny DINOv2 when its file name says dino, else a tiny CLIP tower projecting to the
   family's text width;
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .server import TEST_LOADER, TEST_VISION_LOADER, ComfyServer
+from .server import TEST_LOADER, TEST_PART_LOADERS, TEST_VISION_LOADER, ComfyServer
 
 # Stock loaders whose first three outputs are MODEL, CLIP, VAE, like the tiny loader's.
 CHECKPOINT_LOADERS = ("CheckpointLoaderSimple", "CheckpointLoader")
@@ -27,6 +29,8 @@ VISION_LOADERS = ("CLIPVisionLoader",)
 def family_for(workflow_file: Path) -> str:
     """The tiny family standing in for a shipped workflow's checkpoint, from its file name."""
     name = workflow_file.stem.lower()
+    if "flux" in name:
+        return "flux"
     if "sdxl" in name:
         return "sdxl"
     if "sd2" in name:
@@ -47,6 +51,11 @@ def substitute(prompt: dict, family: str, overrides: dict[str, object] | None = 
         if node.get("class_type") in CHECKPOINT_LOADERS:  # a missing node type comes out without class_type
             log(f"substitute node {node_id}: {node['class_type']}({_widgets(node)}) -> {TEST_LOADER}(family={family!r})")
             node["class_type"] = TEST_LOADER
+            node["inputs"] = {"family": family}
+        elif node.get("class_type") in TEST_PART_LOADERS:
+            part_loader = TEST_PART_LOADERS[node["class_type"]]
+            log(f"substitute node {node_id}: {node['class_type']}({_widgets(node)}) -> {part_loader}(family={family!r})")
+            node["class_type"] = part_loader
             node["inputs"] = {"family": family}
         elif node.get("class_type") in VISION_LOADERS:
             kind = "dinov2" if "dino" in str(node["inputs"].get("clip_name", "")).lower() else "clip"

@@ -1,4 +1,5 @@
-"""TEST-ONLY ComfyUI nodes: PrismTestTinyCheckpointLoader, PrismTestTinyCLIPVisionLoader. Never part of the shipped pack.
+"""TEST-ONLY ComfyUI nodes: PrismTestTinyCheckpointLoader, PrismTestTinyCLIPVisionLoader and the part loaders
+(PrismTestTinyUNETLoader, ...DualCLIPLoader, ...VAELoader). Never part of the shipped pack.
 
 Not a custom node folder of its own: at test time the harness (server.py, ``make_base_directory``)
 writes a two-line custom node into the temporary ComfyUI base directory that loads this file and
@@ -41,21 +42,61 @@ class PrismTestTinyCheckpointLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"family": (["sd15", "sd2v", "sdxl"], {"tooltip": "tiny model family"})}}
+        return {"required": {"family": (list(FAMILIES), {"tooltip": "tiny model family"})}}
 
     def load(self, family: str):
-        # Built once per server: SDXL's real-width text encoders take seconds. The CLIP reads
-        # `embedding:` words from the server's embeddings folder, as a real checkpoint's would.
-        if family not in _MODELS:
-            embeddings = folder_paths.get_folder_paths("embeddings")
-            _MODELS[family] = _tiny_models_module().build(family, 0, embedding_directory=embeddings)
-        models = _MODELS[family]
+        models = _tiny(family)
         return (models.model, models.clip, models.vae)
+
+
+FAMILIES = ("sd15", "sd2v", "sdxl", "flux")
+
+
+def _tiny(family: str):
+    # Built once per server: SDXL's real-width text encoders take seconds. The CLIP reads
+    # `embedding:` words from the server's embeddings folder, as a real checkpoint's would.
+    if family not in _MODELS:
+        embeddings = folder_paths.get_folder_paths("embeddings")
+        _MODELS[family] = _tiny_models_module().build(family, 0, embedding_directory=embeddings)
+    return _MODELS[family]
+
+
+class _TinyPart:
+    """Stands in for a single-output loader (UNETLoader, DualCLIPLoader, VAELoader): one part of the tiny
+    models of `family`, the same objects the checkpoint loader returns."""
+
+    FUNCTION = "load"
+    CATEGORY = "testing"
+    DESCRIPTION = "Test-only: one part of the tiny in-process models of one family (never shipped)."
+    PART = 0
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": (list(FAMILIES), {"tooltip": "tiny model family"})}}
+
+    def load(self, family: str):
+        models = _tiny(family)
+        return ((models.model, models.clip, models.vae)[self.PART],)
+
+
+class PrismTestTinyUNETLoader(_TinyPart):
+    RETURN_TYPES = ("MODEL",)
+    PART = 0
+
+
+class PrismTestTinyDualCLIPLoader(_TinyPart):
+    RETURN_TYPES = ("CLIP",)
+    PART = 1
+
+
+class PrismTestTinyVAELoader(_TinyPart):
+    RETURN_TYPES = ("VAE",)
+    PART = 2
 
 
 # The pooled text width of each tiny family's CLIP (tiny_models: clip_l 768, clip_h 1024, SDXL's clip_g 1280):
 # a tiny CLIP vision tower projects to it, as a real one projects to its text half's width.
-TEXT_WIDTHS = {"sd15": 768, "sd2v": 1024, "sdxl": 1280}
+TEXT_WIDTHS = {"sd15": 768, "sd2v": 1024, "sdxl": 1280, "flux": 768}
 _VISION: dict[tuple[str, str], object] = {}
 
 
@@ -81,6 +122,12 @@ class PrismTestTinyCLIPVisionLoader:
 
 # Read by the generated custom node (server.py) as its NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS.
 NODE_CLASSES = {"PrismTestTinyCheckpointLoader": PrismTestTinyCheckpointLoader,
-                "PrismTestTinyCLIPVisionLoader": PrismTestTinyCLIPVisionLoader}
+                "PrismTestTinyCLIPVisionLoader": PrismTestTinyCLIPVisionLoader,
+                "PrismTestTinyUNETLoader": PrismTestTinyUNETLoader,
+                "PrismTestTinyDualCLIPLoader": PrismTestTinyDualCLIPLoader,
+                "PrismTestTinyVAELoader": PrismTestTinyVAELoader}
 DISPLAY_NAMES = {"PrismTestTinyCheckpointLoader": "Prism Test Tiny Checkpoint Loader (test only)",
-                 "PrismTestTinyCLIPVisionLoader": "Prism Test Tiny CLIP Vision Loader (test only)"}
+                 "PrismTestTinyCLIPVisionLoader": "Prism Test Tiny CLIP Vision Loader (test only)",
+                 "PrismTestTinyUNETLoader": "Prism Test Tiny Diffusion Model Loader (test only)",
+                 "PrismTestTinyDualCLIPLoader": "Prism Test Tiny Dual CLIP Loader (test only)",
+                 "PrismTestTinyVAELoader": "Prism Test Tiny VAE Loader (test only)"}
