@@ -5,6 +5,7 @@ from ..prism_core.config import TokenConfig, help_text
 from ..prism_core.host.runtime import step_reporter
 from ..prism_core.host.stage1 import RunOptions, learn_tokens
 from ..prism_core.host.diffusion import TRAINING_DTYPES
+from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews
 from .types import CATEGORY, CONCEPT_SET, PRISM_TOKENS
 
 
@@ -14,9 +15,10 @@ def _tip(name: str) -> str:
 
 class OptimizePrismTokens:
     CATEGORY = CATEGORY
-    RETURN_TYPES = (PRISM_TOKENS,)
-    RETURN_NAMES = ("tokens",)
-    OUTPUT_TOOLTIPS = ("The learned target token, one residual token per image, the captions, settings and loss history.",)
+    RETURN_TYPES = (PRISM_TOKENS, "IMAGE")
+    RETURN_NAMES = ("tokens", "previews")
+    OUTPUT_TOOLTIPS = ("The learned target token, one residual token per image, the captions, settings and loss history.",
+                       PREVIEW_OUTPUT_TOOLTIP)
     FUNCTION = "optimize"
     DESCRIPTION = ("Learns a target token for what the images share and a residual token per image for what they don't "
                    "(reconstruction + exclusion loss). The model and CLIP are not changed.")
@@ -43,17 +45,23 @@ class OptimizePrismTokens:
                 "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Most samples sharing one model call (reconstruction + anchors). Lower it if you run out of memory; results do not change."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, about 30% slower. Results do not change."}),
                 "training_dtype": (list(TRAINING_DTYPES), {"default": "auto", "tooltip": "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI loads SD checkpoints in float16 on most GPUs). auto (default): float16 with dynamic loss scaling on GPUs that run float16 well (measured: the float32 gradient to a cosine of 0.9999999, for about half the memory and time), else bfloat16, else float32; float32 on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). The token vectors always stay float32."}),
+                **preview_inputs("the current tokens on the incoming model (as Prism Conditioning + KSampler would)"),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def optimize(self, model, clip, vae, concept_set, target_length, residual_length, beta, exclusion_set_size,
                  learning_rate, steps, gradient_accumulation, caption_init, seed, max_batch=4,
-                 gradient_checkpointing=False, training_dtype="auto", unique_id=None):
+                 gradient_checkpointing=False, training_dtype="auto", preview_every=0, preview_prompts="a photo of [V]",
+                 preview_steps=12, preview_sampler="euler", preview_scheduler="normal", preview_cfg=7.0, preview_seed=0,
+                 unique_id=None):
         config = TokenConfig(target_length=target_length, residual_length=residual_length, beta=beta,
                              exclusion_set_size=exclusion_set_size, learning_rate=learning_rate, steps=steps,
                              gradient_accumulation=gradient_accumulation, caption_init=caption_init, seed=seed)
         options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing)
+        previews = training_previews("Optimize Prism Tokens", "Stage 1", clip, vae, concept_set.resolution, steps, unique_id,
+                                     preview_every, preview_prompts, preview_steps, preview_sampler, preview_scheduler,
+                                     preview_cfg, preview_seed)
         tokens = learn_tokens(model, clip, vae, concept_set, config, options,
-                              on_step=step_reporter(steps, unique_id, "Stage 1", ("rec", "excl")))
-        return (tokens,)
+                              on_step=step_reporter(steps, unique_id, "Stage 1", ("rec", "excl")), previews=previews)
+        return (tokens, previews.output())
