@@ -18,9 +18,9 @@ def preview_inputs(what: str) -> dict:
             f"Every N optimizer steps, render each preview prompt with {what} (a fixed seed, so the images are "
             "comparable) and show the newest on this node; all of them come out of 'previews'. 0 = off. Cost: one "
             "preview is about preview_steps x prompts sampler steps (twice the model calls when cfg is not 1) plus "
-            "one VAE decode per prompt, at the concept set's resolution; with the defaults (12 steps, 1 prompt) about "
-            "a third of one training step at gradient_accumulation 4, so every 40 steps adds about 1% to Stage 1 "
-            "(bench/RESULTS.md). Training results are the same with previews on or off.")}),
+            "one VAE decode per prompt, at the concept set's resolution: with the defaults (12 steps, 1 prompt) about half a "
+            "Stage 1 step or 2.5 Stage 2 steps (gradient_accumulation 4), so every 40 of 200 steps adds about 1% to Stage 1 "
+            "and 6% to Stage 2 (measured, CPU bench, bench/RESULTS.md). Training results are the same with previews on or off.")}),
         "preview_prompts": ("STRING", {"multiline": True, "default": DEFAULT_PROMPTS, "tooltip": (
             f"One prompt per line, {PLACEHOLDER} where the concept goes (e.g. 'a photo of {PLACEHOLDER} on the beach'); "
             "each line is one image per preview, so each line adds its cost. The negative prompt is empty.")}),
