@@ -264,3 +264,25 @@ def test_previews_output_in_the_executor_and_old_graphs_without_the_inputs(tiny,
     executor, server = run_graph(graph)
     assert executor.success, server.messages
     assert sorted(tuple(t.shape) for t in CAPTURED) == [(1, 4, 8, 8), (3, 64, 64, 3)]  # steps 1, 2 and 3
+
+
+def test_previews_with_gradient_checkpointing_and_after_resume(tiny, folders, lora_dir, progress):
+    """Checkpointed blocks (patched on the shared modules while training) draw the same previews; a resumed run
+    previews at absolute steps."""
+    models = tiny("sdxl")
+    tokens, concept = _tokens(models), _concept()
+    outs = []
+    for checkpointing in (False, True):
+        with torch.inference_mode():
+            outs.append(PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens,
+                                               **_stage2_args(steps=2, preview_every=1, gradient_checkpointing=checkpointing,
+                                                              checkpoint_every=1, checkpoint_prefix=f"ck/gc{int(checkpointing)}",
+                                                              **PREVIEW)))
+    assert outs[0][3].shape == (2 * 2, RES, RES, 3) and torch.equal(outs[0][3], outs[1][3])
+    (first,) = [p.name for p in (lora_dir / "ck").iterdir() if p.name.startswith("gc0_step0001")]
+    progress.clear()
+    with torch.inference_mode():
+        resumed = PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens,
+                                         **_stage2_args(steps=3, preview_every=2, resume_from=f"ck/{first}", **PREVIEW))
+    assert resumed[1].steps == 4 and resumed[3].shape == (2 * 2, RES, RES, 3)  # steps 2 and 4 of 1 + 3
+    assert [(v, total) for v, total, p, _ in progress if p is not None] == [(2, 4), (2, 4), (4, 4), (4, 4)]
