@@ -18,7 +18,7 @@ ROOT = BENCH.parent
 PACKAGE = "comfyui_conceptprism"
 
 # subcommand -> module of bench/
-SUBCOMMANDS = {"stage1": "stage1", "stage2": "stage2", "gpu": "gpu", "precision": "precision"}
+SUBCOMMANDS = {"stage1": "stage1", "stage2": "stage2", "gpu": "gpu", "precision": "precision", "previews": "previews"}
 
 
 def register_package() -> None:

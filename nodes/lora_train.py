@@ -14,6 +14,7 @@ from ..prism_core.host.folders import first_folder
 from ..prism_core.host.runtime import step_reporter
 from ..prism_core.host.stage1 import RunOptions, model_family
 from ..prism_core.host.stage2 import apply_lora, train_concept_lora
+from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews
 from .types import CATEGORY, CONCEPT_SET, LORA_MODEL, LOSS_MAP, PRISM_TOKENS
 
 NO_RESUME = "none"
@@ -25,12 +26,13 @@ def _tip(name: str) -> str:
 
 class PrismLoRATrain:
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL", LORA_MODEL, LOSS_MAP)
-    RETURN_NAMES = ("model", "lora", "loss")
+    RETURN_TYPES = ("MODEL", LORA_MODEL, LOSS_MAP, "IMAGE")
+    RETURN_NAMES = ("model", "lora", "loss", "previews")
     OUTPUT_TOOLTIPS = (
         "The incoming model with the trained LoRA applied (strength 1); wire it straight into KSampler.",
         "The LoRA weights (kohya layout): save them with Save Prism LoRA.",
         "Loss per optimizer step (the whole run, earlier steps included when resuming), for Prism Loss Graph.",
+        PREVIEW_OUTPUT_TOOLTIP,
     )
     FUNCTION = "train"
     DESCRIPTION = ("Trains a LoRA on the attention layers with the learned tokens fixed, each image with its prompt "
@@ -58,17 +60,19 @@ class PrismLoRATrain:
                 "training_dtype": (list(TRAINING_DTYPES), {"default": "auto", "tooltip": "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI loads SD checkpoints in float16 on most GPUs). auto (default): float16 with dynamic loss scaling on GPUs that run float16 well (measured: the float32 gradient to a cosine of 0.9999999, for about half the memory and time), else bfloat16, else float32; float32 on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). The LoRA weights always stay float32 and apply on the float32 weight in float32 mode."}),
                 "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": _tip("checkpoint_every")}),
                 "checkpoint_prefix": ("STRING", {"default": "conceptprism/concept_lora", "tooltip": "Name (and optional subfolder) in models/loras for checkpoints; '_stepNNNN' and a counter are appended. < > : \" | ? * become '_'."}),
+                "resume_from": ([NO_RESUME] + folder_paths.get_filename_list("loras"), {"default": NO_RESUME, "tooltip": "Continue a LoRA saved by Save Prism LoRA (or a checkpoint): its weights, rank, alpha and step count carry on; 'steps' more steps are trained. Refused if it was trained on other tokens or images; other seed or accumulation settings are warned about and recorded."}),
+                **preview_inputs("the LoRA as it is at that step (as Load LoRA on that step's checkpoint + KSampler would)"),
                 "preset": (list(PRESETS), {"default": "auto", "tooltip": "auto: SD models train with the values set here; FLUX.1 models train with the reference FLUX values (" + ", ".join(f"{k} {v:g}" for k, v in FLUX_LORA_DEFAULTS.items()) + ") in place of those widgets (the node's progress text shows the values that ran). widgets: every value exactly as set here."}),
                 "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "FLUX.1-dev's guidance input while training (use the one the tokens were learned with; reference 3.5). Ignored by FLUX.1-schnell and SD models."}),
-                "resume_from": ([NO_RESUME] + folder_paths.get_filename_list("loras"), {"default": NO_RESUME, "tooltip": "Continue a LoRA saved by Save Prism LoRA (or a checkpoint): its weights, rank, alpha and step count carry on; 'steps' more steps are trained. Refused if it was trained on other tokens or images; other seed or accumulation settings are warned about and recorded."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, model, clip, vae, concept_set, tokens, rank, alpha, learning_rate, steps, gradient_accumulation, seed,
               max_batch=4, gradient_checkpointing=False, training_dtype="auto", checkpoint_every=0,
-              checkpoint_prefix="conceptprism/concept_lora", resume_from=NO_RESUME, preset="auto", guidance=3.5,
-              unique_id=None):
+              checkpoint_prefix="conceptprism/concept_lora", resume_from=NO_RESUME, preview_every=0,
+              preview_prompts="a photo of [V]", preview_steps=12, preview_sampler="euler", preview_scheduler="normal",
+              preview_cfg=7.0, preview_seed=0, preset="auto", guidance=3.5, unique_id=None):
         config = LoraConfig(rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                             gradient_accumulation=gradient_accumulation, seed=seed, checkpoint_every=checkpoint_every)
         flux = model_family(model) == "flux"
@@ -91,10 +95,15 @@ class PrismLoRATrain:
                 raise ValueError(f"Prism LoRA Train: checkpoint_prefix '{checkpoint_prefix}' points outside the loras folder; "
                                  "use a plain name or a subfolder such as 'conceptprism/concept_lora'.") from None
 
+        previews = training_previews("Prism LoRA Train", "Stage 2", clip, vae, concept_set.resolution,
+                                     (resume.steps if resume is not None else 0) + config.steps, unique_id, preview_every,
+                                     preview_prompts, preview_steps, preview_sampler, preview_scheduler, preview_cfg,
+                                     preview_seed)
+
         def save_checkpoint(weights: LoraWeights) -> None:
             save_lora(weights, first_folder("loras"), f"{checkpoint_prefix}_step{weights.steps:04d}")
 
         run = train_concept_lora(model, clip, vae, concept_set, tokens, config, options, resume,
                                  on_step=step_reporter(config.steps, unique_id, label, ("loss",)),
-                                 on_checkpoint=save_checkpoint if checkpoint_every else None)
-        return (apply_lora(model, run.weights), run.weights, {"loss": run.weights.loss})
+                                 on_checkpoint=save_checkpoint if checkpoint_every else None, previews=previews)
+        return (apply_lora(model, run.weights), run.weights, {"loss": run.weights.loss}, previews.output())

@@ -5,6 +5,7 @@ from ..prism_core.config import FLUX_TOKEN_DEFAULTS, PRESETS, TokenConfig, help_
 from ..prism_core.host.runtime import step_reporter
 from ..prism_core.host.stage1 import RunOptions, family_config, learn_tokens
 from ..prism_core.host.diffusion import TRAINING_DTYPES
+from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews
 from .types import CATEGORY, CONCEPT_SET, PRISM_TOKENS
 
 
@@ -18,9 +19,10 @@ def _flux_values() -> str:
 
 class OptimizePrismTokens:
     CATEGORY = CATEGORY
-    RETURN_TYPES = (PRISM_TOKENS,)
-    RETURN_NAMES = ("tokens",)
-    OUTPUT_TOOLTIPS = ("The learned target token, one residual token per image, the captions, settings and loss history.",)
+    RETURN_TYPES = (PRISM_TOKENS, "IMAGE")
+    RETURN_NAMES = ("tokens", "previews")
+    OUTPUT_TOOLTIPS = ("The learned target token, one residual token per image, the captions, settings and loss history.",
+                       PREVIEW_OUTPUT_TOOLTIP)
     FUNCTION = "optimize"
     DESCRIPTION = ("Learns a target token for what the images share and a residual token per image for what they don't "
                    "(reconstruction + exclusion loss). The model and CLIP are not changed.")
@@ -47,6 +49,7 @@ class OptimizePrismTokens:
                 "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Most samples sharing one model call (reconstruction + anchors). Lower it if you run out of memory; results do not change."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, about 30% slower. Results do not change."}),
                 "training_dtype": (list(TRAINING_DTYPES), {"default": "auto", "tooltip": "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI loads SD checkpoints in float16 on most GPUs). auto (default): float16 with dynamic loss scaling on GPUs that run float16 well (measured: the float32 gradient to a cosine of 0.9999999, for about half the memory and time), else bfloat16, else float32; float32 on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). The token vectors always stay float32."}),
+                **preview_inputs("the current tokens on the incoming model (as Prism Conditioning + KSampler would)"),
                 "preset": (list(PRESETS), {"default": "auto", "tooltip": "auto: SD models train with the values set here; FLUX.1 models train with the reference FLUX values (" + _flux_values() + ") in place of those widgets (the node shows which values ran). widgets: every value exactly as set here."}),
                 "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "FLUX.1-dev's guidance input while training, on every branch (the reference: 3.5, the host's default too). Use the value you will sample with (FluxGuidance). Ignored by FLUX.1-schnell and SD models."}),
                 "flux_clip_l": (["fixed", "learned"], {"default": "fixed", "tooltip": "FLUX.1 only: fixed (default, as the reference) keeps the tokens' CLIP-L rows at their seeded start and trains the T5 rows; CLIP-L then only feeds FLUX's pooled vector the same way at every load. learned: train both."}),
@@ -56,7 +59,9 @@ class OptimizePrismTokens:
 
     def optimize(self, model, clip, vae, concept_set, target_length, residual_length, beta, exclusion_set_size,
                  learning_rate, steps, gradient_accumulation, caption_init, seed, max_batch=4,
-                 gradient_checkpointing=False, training_dtype="auto", preset="auto", guidance=3.5, flux_clip_l="fixed",
+                 gradient_checkpointing=False, training_dtype="auto", preview_every=0, preview_prompts="a photo of [V]",
+                 preview_steps=12, preview_sampler="euler", preview_scheduler="normal", preview_cfg=7.0, preview_seed=0,
+                 preset="auto", guidance=3.5, flux_clip_l="fixed",
                  unique_id=None):
         config = TokenConfig(target_length=target_length, residual_length=residual_length, beta=beta,
                              exclusion_set_size=exclusion_set_size, learning_rate=learning_rate, steps=steps,
@@ -64,6 +69,9 @@ class OptimizePrismTokens:
         config, label = family_config(model, config, preset, flux_clip_l)
         options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing,
                              guidance=guidance)
+        previews = training_previews("Optimize Prism Tokens", "Stage 1", clip, vae, concept_set.resolution, config.steps,
+                                     unique_id, preview_every, preview_prompts, preview_steps, preview_sampler,
+                                     preview_scheduler, preview_cfg, preview_seed)
         tokens = learn_tokens(model, clip, vae, concept_set, config, options,
-                              on_step=step_reporter(config.steps, unique_id, label, ("rec", "excl")))
-        return (tokens,)
+                              on_step=step_reporter(config.steps, unique_id, label, ("rec", "excl")), previews=previews)
+        return (tokens, previews.output())

@@ -72,6 +72,7 @@ def train_lora(
     start_step: int = 0,
     on_step: Callable[[int, int, float], None] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    on_preview: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Run Algorithm 2 for `config.steps` steps after `start_step` (non-zero when resuming) and
     return the loss of each step (mean over its micro-steps).
@@ -79,7 +80,9 @@ def train_lora(
     The sampling plan is the one a single run of start_step + steps would use, so a resumed run
     sees the images, timesteps and noise that the uninterrupted run would have seen (AdamW's moment
     estimates restart, since a LoRA file does not carry them). on_step(step, last_step, loss) and
-    on_checkpoint(step) get absolute step numbers.
+    on_checkpoint(step) get absolute step numbers, and so does on_preview(step), called after every
+    completed step (after on_step, before that step's checkpoint, so a Cancel during a preview writes
+    no checkpoint of that step); it must leave the parameters and the optimizer alone.
     """
     last_step = start_step + config.steps
     plan = plan_micro_steps(latents.shape[0], 0, last_step, config.gradient_accumulation,
@@ -103,6 +106,8 @@ def train_lora(
         history.append(sum(losses) / len(losses))
         if on_step is not None:
             on_step(step, last_step, history[-1])
+        if on_preview is not None:
+            on_preview(step)
         if on_checkpoint is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < last_step:
             on_checkpoint(step)
     return history

@@ -188,6 +188,7 @@ def optimize_tokens(
     initial_residuals: dict[str, torch.Tensor],
     config: TokenConfig,
     on_step: Callable[[int, int, float, float], None] | None = None,
+    on_preview: Callable[[int, Callable[[], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], LossHistory]:
     """Run Algorithm 1 and return (target, residuals, history).
 
@@ -196,6 +197,9 @@ def optimize_tokens(
     `config.gradient_accumulation` micro-steps, each on one image (loss divided by their count).
     With float16 compute (backend.loss_scaling) the losses are scaled dynamically; a step whose
     gradients overflow is skipped and the scale lowered (loss_scaling.LossScaler).
+    on_preview(step, snapshot), if given, is called after every completed step (after on_step);
+    snapshot() returns detached CPU copies (target, residuals) of the vectors as they are now. It must
+    leave the training state alone (prism_core.host.previews renders with it).
     """
     n_images = latents.shape[0]
     params = TokenParameters.from_initial(initial_target, initial_residuals, config.frozen_encoders or ())
@@ -224,5 +228,7 @@ def optimize_tokens(
         history.append(sum(recs) / len(recs), sum(excls) / len(excls))
         if on_step is not None:
             on_step(step_index + 1, config.steps, history.rec[-1], history.excl[-1])
+        if on_preview is not None:
+            on_preview(step_index + 1, params.detached)
     target, residuals = params.detached()
     return target, residuals, history

@@ -16,6 +16,7 @@ from ..optimize import optimize_tokens
 from ..token_bank import PrismTokens
 from . import text
 from .diffusion import encode_latents, is_flux1, prediction_target
+from .previews import TrainingPreviews
 from .stage1_backend import ComfyStage1Backend
 
 log = logging.getLogger("ConceptPrism")
@@ -80,10 +81,12 @@ def initial_vectors(backend: ComfyStage1Backend, captions: tuple[str, ...], conf
 
 def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: TokenConfig,
                  options: RunOptions = RunOptions(),
-                 on_step: Callable[[int, int, float, float], None] | None = None) -> PrismTokens:
-    """Paper Algorithm 1 on a MODEL/CLIP/VAE. The incoming objects are left as they were. Raises ValueError
-    before any work for a model family the pack does not train (diffusion.prediction_target) and for a FLUX.1
-    model without FLUX's text encoders."""
+                 on_step: Callable[[int, int, float, float], None] | None = None,
+                 previews: TrainingPreviews | None = None) -> PrismTokens:
+    """Paper Algorithm 1 on a MODEL/CLIP/VAE. The incoming objects are left as they were. `previews`, if
+    given, renders the current tokens on the incoming MODEL every N steps (prism_core.host.previews). Raises
+    ValueError before any work for a model family the pack does not train (diffusion.prediction_target) and
+    for a FLUX.1 model without FLUX's text encoders."""
     prediction_target(model.get_model_object("model_sampling"), model)
     widths = text.encoder_widths(clip)
     lengths = text.slot_lengths_for(
@@ -103,8 +106,22 @@ def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: T
                                      options.guidance if flux else None)
         with backend:
             target, residuals, starts = initial_vectors(backend, concept.captions, config)
-            target, residuals, history = optimize_tokens(backend, latents, target, residuals, config, on_step)
+            target, residuals, history = optimize_tokens(backend, latents, target, residuals, config, on_step,
+                                                         _preview_hook(previews, model, concept, backend))
     settings = {**config.to_dict(), "resolution": concept.resolution, "residual_init": starts,
                 "training_dtype": backend.compute_dtype, "clip_layer": text.clip_layer(clip),
                 "prediction_target": backend.target_kind, **({"guidance": options.guidance} if flux else {})}
     return PrismTokens(target, residuals, list(concept.captions), list(concept.names), settings, history)
+
+
+def _preview_hook(previews: TrainingPreviews | None, model: Any, concept: ConceptSet, backend: ComfyStage1Backend
+                  ) -> Callable[[int, Callable], None] | None:
+    """optimize_tokens' on_preview: at due steps, the current vectors as a token bank on the incoming MODEL."""
+    if previews is None or previews.settings.every <= 0:
+        return None
+
+    def on_preview(step: int, snapshot: Callable) -> None:
+        if previews.due(step):
+            bank = lambda: PrismTokens(*snapshot(), list(concept.captions), list(concept.names), {})
+            previews.render_step(step, lambda: model, bank, reload=[backend.train_model, backend.train_clip.patcher])
+    return on_preview

@@ -19,6 +19,7 @@ from ..optimize import Cond, reconstruction_prompt
 from ..token_bank import PrismTokens
 from . import diffusion, lora_layers, text, training_guard
 from .diffusion import PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs, schedule_levels
+from .previews import TrainingPreviews
 from .resume_point import resume_point
 from .stage1 import RunOptions
 
@@ -94,10 +95,12 @@ def train_concept_lora(
     options: RunOptions = RunOptions(), resume: LoraWeights | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     on_checkpoint: Callable[[LoraWeights], None] | None = None,
+    previews: TrainingPreviews | None = None,
 ) -> LoraRun:
     """Paper Algorithm 2 on a MODEL/CLIP/VAE. The incoming objects are left as they were; the LoRA
     lives on a training clone only. `resume` continues a saved LoRA and its step count, if it was trained
-    on these tokens and images (see resume_point)."""
+    on these tokens and images (see resume_point). `previews`, if given, renders the incoming MODEL with the
+    current adapters patched in as LoraLoader patches that step's file, every N steps (prism_core.host.previews)."""
     target_kind = diffusion.prediction_target(model.get_model_object("model_sampling"), model)
     family = lora_layers.base_family(model)
     flux = family.name.startswith("flux")
@@ -141,8 +144,14 @@ def train_concept_lora(
         checkpoint = (lambda step: on_checkpoint(snapshot(step, loss))) if on_checkpoint is not None else None
         with ComfyStage2Backend(model, adapters, options.max_batch, options.training_dtype,
                                 options.gradient_checkpointing) as backend:
+            preview = None
+            if previews is not None and previews.settings.every > 0:
+                def preview(step: int) -> None:
+                    if previews.due(step):
+                        previews.render_step(step, lambda: apply_lora(model, snapshot(step, loss)), lambda: tokens,
+                                             reload=[backend.train_model])
             train_lora(backend, latents, conds, lora_layers.adapter_parameters(adapters), config,
-                       start_step, record, checkpoint)
+                       start_step, record, checkpoint, preview)
         return LoraRun(snapshot(start_step + config.steps, loss), loss)
 
 

@@ -53,7 +53,7 @@ def run(tiny, tmp_path_factory):
         widgets = PrismLoRATrain.INPUT_TYPES()
         args = {k: v[1]["default"] for s in ("required", "optional") for k, v in widgets[s].items() if "default" in v[1]}
         args.update(steps=3, gradient_accumulation=1, learning_rate=5e-2, checkpoint_every=1, checkpoint_prefix="sweep/ck")
-        _, lora, _ = PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens, **args)
+        _, lora, _, _ = PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens, **args)
         final = SavePrismLoRA().save(lora, "sweep/final", "float32")["result"][0]
     other = read_lora(loras / "sweep" / "ck_step0002_00001_.safetensors")
     other.metadata["conceptprism.loss"] = json.dumps([0.9, 0.8])  # same tokens and steps, another run's losses

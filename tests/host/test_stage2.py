@@ -147,7 +147,7 @@ def test_node_output_saved_file_loraloader_and_untouched_incoming_model(family, 
     patches_before = dict(models.model.patches)
 
     with torch.inference_mode():
-        out_model, lora, loss = PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens,
+        out_model, lora, loss, _ = PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens,
                                                        **_node_args(learning_rate=1e-2))
     assert len(loss["loss"]) == 2 and all(x == x for x in loss["loss"])
     assert all(torch.equal(a, b) for a, b in zip(before, host_outputs(models.model, models.clip)))

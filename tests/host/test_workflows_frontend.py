@@ -72,11 +72,14 @@ class WorkflowCase:
 
 
 # The training workflows' outputs (issue 4: images, embedding file, LoRA file, loss graph). Every
-# training step count is lowered to 2 and gradient_accumulation to 1 to keep the module short.
-TRAINING_LOWER = {**LOWER, "gradient_accumulation": 1}
+# training step count is lowered to 2 and gradient_accumulation to 1 to keep the module short; previews
+# (issue 17) render after every one of those steps, with 2 sampler steps.
+TRAINING_LOWER = {**LOWER, "gradient_accumulation": 1, "preview_every": 1, "preview_steps": 2}
+PREVIEWS_SHOWN = 2 * 2  # both stages' previews outputs: steps 1 and 2, one prompt
 TRAINING_OUTPUTS = {
     "SaveImage": 3 + 1,  # the three scenes and the loss graph
-    "PreviewImage": WorkflowCase.concept_images + 2,  # what training sees (one per image) and residual 0 and 1 alone
+    # what training sees (one per image), residual 0 and 1 alone, and the previews while training
+    "PreviewImage": WorkflowCase.concept_images + 2 + PREVIEWS_SHOWN,
     "ConceptPrismSavePrismEmbedding": 1, "ConceptPrismSavePrismLoRA": 1, "ConceptPrismSavePrismTokens": 1,
     "PreviewAny": 3,  # the prompt word and the two file names, shown on the canvas
 }
@@ -100,7 +103,8 @@ TRAINING_FILES = [
 SWEEP_LOWER = {**TRAINING_LOWER, "ConceptPrismPrismLoRATrain.checkpoint_every": 1, "prompt_count": 2}
 SWEEP_OUTPUTS = {
     "SaveImage": 1 + 3,  # the loss graph, the trade-off plot, the score table, the chosen step's scene
-    "PreviewImage": WorkflowCase.concept_images + 3 * 2,  # what training sees, and every render of the sweep
+    # what training sees, every render of the sweep, and the previews while training
+    "PreviewImage": WorkflowCase.concept_images + 3 * 2 + PREVIEWS_SHOWN,
     "PreviewAny": 1,  # the numbers and the choice
     "ConceptPrismSavePrismLoRA": 1, "ConceptPrismSavePrismEmbedding": 1,
 }
