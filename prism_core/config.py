@@ -108,14 +108,18 @@ FLUX_LORA_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-4, "weight_decay": 1e-
 
 
 def family_preset(config: Any, family: str, preset: str) -> Any:
-    """The TokenConfig / LoraConfig that runs: preset "widgets" keeps `config`; "auto" replaces the
-    FLUX_TOKEN_DEFAULTS / FLUX_LORA_DEFAULTS fields when `family` is "flux" (other families' reference values
-    are the widget defaults). Raises ValueError for another preset name."""
+    """The TokenConfig / LoraConfig that runs: preset "widgets" keeps `config`; "auto" on a FLUX.1 model
+    ("flux") puts the FLUX_TOKEN_DEFAULTS / FLUX_LORA_DEFAULTS values into every one of those fields that is
+    still at its SD default (the node's widget default), so a node added by hand runs the reference FLUX
+    values and a value the user changed is kept. Other families' reference values are the widget defaults.
+    Raises ValueError for another preset name."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}.")
     if preset == "auto" and family == "flux":
         defaults = FLUX_TOKEN_DEFAULTS if isinstance(config, TokenConfig) else FLUX_LORA_DEFAULTS
-        return dataclasses.replace(config, **defaults)
+        fields = type(config).__dataclass_fields__
+        return dataclasses.replace(config, **{name: value for name, value in defaults.items()
+                                              if getattr(config, name) == fields[name].default})
     return config
 
 

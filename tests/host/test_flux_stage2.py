@@ -166,7 +166,7 @@ def test_node_output_saved_file_loraloader_strength_zero_and_untouched_model(tin
     args = {k: v[1]["default"] for section in ("required", "optional") for k, v in widgets[section].items() if "default" in v[1]}
     args.update(steps=2, gradient_accumulation=1, learning_rate=1e-2, preset="widgets")
     with torch.inference_mode():
-        out_model, lora, loss = PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens, **args)
+        out_model, lora, loss, _ = PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens, **args)
     assert len(loss["loss"]) == 2 and module_state(models.model.model) == state
     assert all(torch.equal(a, b) for a, b in zip(before, host_outputs(models.model, models.clip)))
 
@@ -204,6 +204,9 @@ def test_auto_preset_runs_the_reference_flux_values(tiny, monkeypatch):
     assert (config.learning_rate, config.weight_decay, config.steps, config.checkpoint_every, config.gradient_accumulation,
             config.rank, config.alpha) == (1e-4, 1e-4, 500, 100, 1, 4, 4.0)
     assert options.guidance == 3.5
+    with pytest.raises(Started):  # a value the user changed is kept; the untouched ones still get FLUX's
+        PrismLoRATrain().train(models.model, models.clip, models.vae, _concept(), _tokens(models), **{**args, "steps": 300})
+    assert (seen[1][0].steps, seen[1][0].learning_rate) == (300, 1e-4)
 
 
 def test_cancel_writes_nothing_checkpoints_and_resume(tiny, lora_dir):

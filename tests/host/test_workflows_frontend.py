@@ -32,7 +32,7 @@ require_host()
 
 from frontend.browser import FrontendBrowser, LoadReport, missing_tools  # noqa: E402
 from frontend.prompt_run import RunResult, family_for, run_prompt, substitute  # noqa: E402
-from frontend.server import (PACK_FOLDER, TEST_LOADER, TEST_NODE_FOLDER, TEST_VISION_LOADER, ComfyServer,  # noqa: E402
+from frontend.server import (PACK_FOLDER, TEST_LOADER, TEST_NODE_FOLDER, TEST_PART_LOADERS, TEST_VISION_LOADER, ComfyServer,  # noqa: E402
                              make_base_directory)
 from manager_scan import literal_mapping_keys  # noqa: E402
 
@@ -186,6 +186,8 @@ WORKFLOW_CASES: dict[str, WorkflowCase] = {
     "SD1.5 - train a concept": training("sd15"),
     "SD2.1 - train a concept": training("sd2v"),  # the 768-v (v-prediction) variant: the harder of the two
     "SDXL - train a concept": training("sdxl"),
+    # UNETLoader + DualCLIPLoader + VAELoader become the tiny FLUX's parts (frontend.prompt_run.substitute)
+    "FLUX.1 - train a concept": training("flux"),
     "Use a trained concept": WorkflowCase(family="sd15", prepare=ensure_saved_sd15_concept,
                                           expected_outputs={"SaveImage": 1},
                                           expected_files=["output/conceptprism/saved_concept_*_.png"]),
@@ -312,7 +314,7 @@ def test_server_loads_the_pack_and_the_test_only_node(frontend: Frontend):
     print(f"ComfyUI's loader registered from custom_nodes/{PACK_FOLDER}: {pack_nodes}")
     # What ComfyUI-Manager reads from the source is what the host's loader registers.
     assert pack_nodes == sorted(literal_mapping_keys((PACK_ROOT / "nodes" / "__init__.py").read_text()))
-    assert frontend.server.loaded_from(TEST_NODE_FOLDER) == sorted([TEST_LOADER, TEST_VISION_LOADER])
+    assert frontend.server.loaded_from(TEST_NODE_FOLDER) == sorted([TEST_LOADER, TEST_VISION_LOADER, *TEST_PART_LOADERS.values()])
 
 
 def test_every_template_has_a_thumbnail(frontend: Frontend):

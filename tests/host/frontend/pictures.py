@@ -1,6 +1,8 @@
 """Make the template thumbnails (workflows/*.jpg) and the README's picture from the real frontend.
 
-    COMFYUI_PATH=<ComfyUI> python tests/host/frontend/pictures.py
+    COMFYUI_PATH=<ComfyUI> python tests/host/frontend/pictures.py [TITLE_PREFIX ...]
+
+With title prefixes (e.g. "FLUX.1"), only the shipped workflows whose file name starts with one are pictured.
 
 A maintainer's tool, not a test: it starts the test harness's CPU server and headless Chromium
 (server.py, browser.py), opens each shipped workflow from the template browser's URL, runs each
@@ -77,7 +79,10 @@ def main() -> None:
     server.start()
     browser = FrontendBrowser(server.url, work / "chromium" / "profile")
     try:
+        only = sys.argv[1:]
         for path in sorted((PACK_ROOT / "workflows").glob("*.json")):
+            if only and not any(path.stem.startswith(prefix) for prefix in only):
+                continue
             report = browser.load(path.stem, template=f"{PACK_FOLDER}/{path.stem}", keep=True)
             assert not report.problems(), report.problems()
             prompt = report.prompt
