@@ -98,7 +98,7 @@ class PrismLoRATrain:
         previews = training_previews("Prism LoRA Train", "Stage 2", clip, vae, concept_set.resolution,
                                      (resume.steps if resume is not None else 0) + config.steps, unique_id, preview_every,
                                      preview_prompts, preview_steps, preview_sampler, preview_scheduler, preview_cfg,
-                                     preview_seed)
+                                     preview_seed, guidance if flux else None, preset)
 
         def save_checkpoint(weights: LoraWeights) -> None:
             save_lora(weights, first_folder("loras"), f"{checkpoint_prefix}_step{weights.steps:04d}")

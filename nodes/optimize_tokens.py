@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..prism_core.config import FLUX_TOKEN_DEFAULTS, PRESETS, TokenConfig, help_text
 from ..prism_core.host.runtime import step_reporter
-from ..prism_core.host.stage1 import RunOptions, family_config, learn_tokens
+from ..prism_core.host.stage1 import RunOptions, family_config, learn_tokens, model_family
 from ..prism_core.host.diffusion import TRAINING_DTYPES
 from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews
 from .types import CATEGORY, CONCEPT_SET, PRISM_TOKENS
@@ -71,7 +71,8 @@ class OptimizePrismTokens:
                              guidance=guidance)
         previews = training_previews("Optimize Prism Tokens", "Stage 1", clip, vae, concept_set.resolution, config.steps,
                                      unique_id, preview_every, preview_prompts, preview_steps, preview_sampler,
-                                     preview_scheduler, preview_cfg, preview_seed)
+                                     preview_scheduler, preview_cfg, preview_seed,
+                                     guidance if model_family(model) == "flux" else None, preset)
         tokens = learn_tokens(model, clip, vae, concept_set, config, options,
                               on_step=step_reporter(config.steps, unique_id, label, ("rec", "excl")), previews=previews)
         return (tokens, previews.output())

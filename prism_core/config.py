@@ -102,9 +102,10 @@ FLUX_TOKEN_DEFAULTS: dict[str, Any] = {"residual_length": 1, "beta": 0.5, "learn
 PRESETS = ("auto", "widgets")
 
 
-# The reference FLUX.1 Stage 2 values (rank and alpha 4 as for SD; its accumulation is 1, as in its Stage 1).
-FLUX_LORA_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-4, "weight_decay": 1e-4, "steps": 500, "checkpoint_every": 100,
-                                      "gradient_accumulation": 1}
+# The reference FLUX.1 Stage 2 values (rank and alpha 4 as for SD; its accumulation is 1, as in its Stage 1). Its
+# checkpoint every 100 steps is not among them: checkpoint_every 0 means "off", a choice the preset must not undo
+# (the FLUX template sets 100).
+FLUX_LORA_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-4, "weight_decay": 1e-4, "steps": 500, "gradient_accumulation": 1}
 
 
 def family_preset(config: Any, family: str, preset: str) -> Any:

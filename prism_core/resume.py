@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 # Settings that make a continued run differ from the uninterrupted one (warned about, not refused).
-COMPARED_SETTINGS = ("seed", "gradient_accumulation", "learning_rate", "weight_decay", "max_grad_norm", "training_dtype")
+COMPARED_SETTINGS = ("seed", "gradient_accumulation", "learning_rate", "weight_decay", "max_grad_norm", "training_dtype",
+                     "guidance")
 
 
 class ResumeMismatchError(ValueError):

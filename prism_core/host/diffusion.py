@@ -174,11 +174,28 @@ class PredictingBackend:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
+def check_text_encoders(model: Any, encoder_keys: set[str] | tuple[str, ...]) -> None:
+    """Raise ValueError, naming the fix, when the CLIP's text encoders (`encoder_keys`: clip_l, t5xxl, ...) are not
+    the MODEL's family's: FLUX.1 needs CLIP-L + T5-XXL, SD models have no T5."""
+    keys = set(encoder_keys)
+    if is_flux1(model) and keys != {"clip_l", "t5xxl"}:
+        raise ValueError(f"This FLUX.1 MODEL needs FLUX's text encoders (CLIP-L + T5-XXL), but the CLIP has {sorted(keys)}. "
+                         "Load them with DualCLIPLoader (type flux: clip_l and t5xxl) and connect that CLIP.")
+    if not is_flux1(model) and "t5xxl" in keys:
+        raise ValueError(f"This MODEL is an SD model, but the CLIP has FLUX's/SD3's text encoders ({sorted(keys)}). Connect the "
+                         "CLIP of the same checkpoint (Load Checkpoint's CLIP output), or load a FLUX.1 model.")
+
+
 def encode_latents(model: Any, vae: Any, images: torch.Tensor) -> torch.Tensor:
     """[N, H, W, 3] pixels -> [N, C, h, w] latents in the model's space, once per run.
 
-    Call before loading a training clone: loading the VAE may unload other models to make room.
+    Call before loading a training clone: loading the VAE may unload other models to make room. Raises
+    ValueError when the VAE's latents have another channel count than the MODEL takes (e.g. an SD VAE on FLUX).
     """
+    wanted = model.model.latent_format.latent_channels
     with torch.no_grad():
         latents = vae.encode(images[..., :3]).clone()
+        if latents.shape[1] != wanted:
+            raise ValueError(f"The VAE makes {latents.shape[1]}-channel latents, but this MODEL takes {wanted}-channel ones: "
+                             "connect the VAE of this model (FLUX.1: ae.safetensors with Load VAE; SD: the checkpoint's VAE).")
         return model.model.process_latent_in(latents).float()

@@ -27,6 +27,7 @@ from PIL import Image
 
 import comfy.model_management
 import comfy.utils
+import node_helpers
 import nodes as host_nodes
 
 from ..previews import PLACEHOLDER, placeholder_image, preview_due, stamp_step
@@ -51,6 +52,7 @@ class PreviewSettings:
     cfg: float = 7.0
     seed: int = 0
     placeholder: str = PLACEHOLDER
+    guidance: float | None = None  # FLUX.1: set on the prompt's conditioning as FluxGuidance does; None: none set
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ class TrainingPreviews:
                 show_text(f"{self.label} step {step}/{self.total_steps}: preview {number}/{len(settings.prompts)} "
                           f"'{prompt}' ({settings.steps} sampler steps)", self.node_id)
                 positive = concept_conditioning(self.clip, tokens, prompt, settings.placeholder)
+                if settings.guidance is not None:
+                    positive = node_helpers.conditioning_set_values(positive, {"guidance": settings.guidance})
                 image = render(sampling_model, self.vae, positive, self._negative, settings, self.size)
                 self.previews.append(Preview(step, prompt, image.detach().float().cpu().clone()))
                 self._show(self.labelled(self.previews[-1]))

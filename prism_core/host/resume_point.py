@@ -31,9 +31,10 @@ class ResumePoint:
 
 
 def resume_point(resume: LoraWeights | None, family: BaseFamily, tokens: PrismTokens, concept: ConceptSet,
-                 config: LoraConfig, training_dtype: str) -> ResumePoint:
+                 config: LoraConfig, training_dtype: str, extra_settings: dict[str, Any] | None = None) -> ResumePoint:
     """Refuses a LoRA of another family, or trained on other tokens or images (with what to connect instead);
-    logs a warning for settings that differ from its last run's."""
+    logs a warning for settings that differ from its last run's (`extra_settings`: this run's settings beyond
+    the config, e.g. FLUX.1's guidance)."""
     images = image_record(concept.names, concept.images, concept.resolution)
     if resume is None:
         return ResumePoint(images)
@@ -42,7 +43,7 @@ def resume_point(resume: LoraWeights | None, family: BaseFamily, tokens: PrismTo
     if trained_on != family.label:
         raise ValueError(f"resume_from '{label}' was trained on {trained_on}, this MODEL is {family.label}. Pick a LoRA "
                          "trained on this family, or set resume_from to none.")
-    settings = {**config.to_dict(), "training_dtype": training_dtype}
+    settings = {**config.to_dict(), "training_dtype": training_dtype, **(extra_settings or {})}
     for warning in check_resume(resume.metadata, label, token_hash(tokens), images, settings, token_banks_with_hash):
         log.warning("ConceptPrism: %s", warning)
     return ResumePoint(images, resume.steps, resume.loss, previous_runs(resume.metadata))

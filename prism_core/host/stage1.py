@@ -15,7 +15,7 @@ from ..input_checks import check_training_inputs
 from ..optimize import optimize_tokens
 from ..token_bank import PrismTokens
 from . import text
-from .diffusion import encode_latents, is_flux1, prediction_target
+from .diffusion import check_text_encoders, encode_latents, is_flux1, prediction_target
 from .previews import TrainingPreviews
 from .stage1_backend import ComfyStage1Backend
 
@@ -93,9 +93,7 @@ def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: T
         {k: torch.empty(config.target_length, w) for k, w in widths.items()},
         {k: torch.empty(len(concept), config.residual_length, w) for k, w in widths.items()})
     flux = is_flux1(model)
-    if flux and set(widths) != {"clip_l", "t5xxl"}:
-        raise ValueError(f"This FLUX.1 MODEL needs FLUX's text encoders (CLIP-L + T5-XXL), but the CLIP has {sorted(widths)}. "
-                         "Load them with DualCLIPLoader (type flux: clip_l and t5xxl) and connect that CLIP.")
+    check_text_encoders(model, widths)
     if config.frozen_encoders is None:
         config = dataclasses.replace(config, frozen_encoders=FLUX_FROZEN_ENCODERS if flux else ())
     with torch.inference_mode(False):

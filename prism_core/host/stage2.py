@@ -104,12 +104,18 @@ def train_concept_lora(
     target_kind = diffusion.prediction_target(model.get_model_object("model_sampling"), model)
     family = lora_layers.base_family(model)
     flux = family.name.startswith("flux")
+    diffusion.check_text_encoders(model, text.encoder_widths(clip))
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
+    learned_guidance = tokens.settings.get("guidance")
+    if flux and learned_guidance is not None and learned_guidance != options.guidance:
+        log.warning("ConceptPrism Prism LoRA Train: these tokens were learned with guidance %s, this run uses %s. Use the "
+                    "same guidance as Stage 1 (and when sampling) unless you mean to change it.", learned_guidance, options.guidance)
     layers = lora_layers.layer_names(model)
     names = lora_layers.file_names(model, layers)
     training_dtype = dtype_name(resolve_dtype(options.training_dtype, model.load_device))
-    start = resume_point(resume, family, tokens, concept, config, training_dtype)
+    start = resume_point(resume, family, tokens, concept, config, training_dtype,
+                         {"guidance": options.guidance} if flux else None)
     start_step, earlier_loss = start.start_step, start.loss
     with torch.inference_mode(False):
         conds = training_conditionings(model, clip, tokens, concept.resolution, options.guidance if flux else None)

@@ -42,3 +42,13 @@ def folders(embedding_root, tmp_path, monkeypatch):
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "embeddings", ([str(embedding_root)], {".safetensors"}))
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "prism_tokens", ([str(tmp_path / "prism_tokens")], {".safetensors"}))
     return embedding_root
+
+
+@pytest.fixture
+def lora_dir(tmp_path, monkeypatch):
+    """Point ComfyUI's loras folder at an empty temp dir (Save Prism LoRA, checkpoints, resume_from lists)."""
+    import folder_paths
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(folder)], {".safetensors"}))
+    return folder

@@ -300,3 +300,31 @@ def test_tokens_at_the_real_t5_width_work_as_embedding_words(embedding_root, fol
     assert plain[0][0].shape == (1, 256, 4096)
     assert torch.equal(plain[0][0], prism[0][0])
     assert torch.equal(plain[0][1]["pooled_output"], prism[0][1]["pooled_output"])
+
+
+def test_mismatched_model_clip_and_vae_are_refused_with_the_fix(tiny):
+    flux, sd15 = tiny("flux"), tiny("sd15")
+    with torch.inference_mode(), pytest.raises(ValueError, match="SD model, but the CLIP has FLUX"):
+        learn_tokens(sd15.model, flux.clip, sd15.vae, _concept(), TokenConfig(steps=1))
+    with torch.inference_mode(), pytest.raises(ValueError, match="4-channel latents, but this MODEL takes 16"):
+        learn_tokens(flux.model, flux.clip, sd15.vae, _concept(), TokenConfig(steps=1))
+
+
+def test_flux_previews_sample_at_cfg_1_with_the_nodes_guidance(tiny):
+    """preset auto on FLUX.1: previews at cfg 1 (the default 7 is SD's) with the node's guidance on the prompt, as a
+    stock FLUX graph (FluxGuidance + KSampler at cfg 1) samples."""
+    from comfyui_conceptprism.nodes.preview_inputs import training_previews
+    models = tiny("flux")
+    previews = training_previews("Optimize Prism Tokens", "Stage 1", models.clip, models.vae, RES, 2, None, 1,
+                                 "a photo of [V]", 2, "euler", "simple", 7.0, 0, 2.0, "auto")
+    assert (previews.settings.cfg, previews.settings.guidance) == (1.0, 2.0)
+    sd = training_previews("Optimize Prism Tokens", "Stage 1", models.clip, models.vae, RES, 2, None, 1,
+                           "a photo of [V]", 2, "euler", "simple", 7.0, 0, None, "auto")
+    assert (sd.settings.cfg, sd.settings.guidance) == (7.0, None)
+    widgets = OptimizePrismTokens.INPUT_TYPES()["required"]
+    args = {k: v[1]["default"] for k, v in widgets.items() if "default" in v[1]}
+    with torch.inference_mode():
+        tokens, images = OptimizePrismTokens().optimize(models.model, models.clip, models.vae, _concept(),
+                                                        **{**args, "steps": 1}, preview_every=1, preview_steps=2,
+                                                        guidance=2.0)
+    assert images.shape[0] == 1 and torch.isfinite(images).all()

@@ -16,7 +16,6 @@ require_host()
 
 import comfy.lora  # noqa: E402
 import comfy.model_management  # noqa: E402
-import folder_paths  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
 from host_checks import RES, host_outputs, module_state  # noqa: E402
@@ -63,14 +62,6 @@ def _randomised_adapters(model, seed=1, scale=0.05, alpha=2.0):
             adapter.lora_down.weight.copy_(torch.randn(adapter.lora_down.weight.shape, generator=g) * scale)
             adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * scale)
     return adapters
-
-
-@pytest.fixture
-def lora_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(folder)], {".safetensors"}))
-    return folder
 
 
 STEPS = [MicroStep(1, (), (round(0.4 * GRID) - 1,), 77), MicroStep(2, (), (round(0.85 * GRID) - 1,), 78)]
@@ -201,15 +192,16 @@ def test_auto_preset_runs_the_reference_flux_values(tiny, monkeypatch):
     with pytest.raises(Started):
         PrismLoRATrain().train(models.model, models.clip, models.vae, _concept(), _tokens(models), **args)
     config, options = seen[0]
+    # checkpoint_every stays as set: 0 means off, a choice (the FLUX template sets the reference's 100)
     assert (config.learning_rate, config.weight_decay, config.steps, config.checkpoint_every, config.gradient_accumulation,
-            config.rank, config.alpha) == (1e-4, 1e-4, 500, 100, 1, 4, 4.0)
+            config.rank, config.alpha) == (1e-4, 1e-4, 500, 0, 1, 4, 4.0)
     assert options.guidance == 3.5
     with pytest.raises(Started):  # a value the user changed is kept; the untouched ones still get FLUX's
         PrismLoRATrain().train(models.model, models.clip, models.vae, _concept(), _tokens(models), **{**args, "steps": 300})
     assert (seen[1][0].steps, seen[1][0].learning_rate) == (300, 1e-4)
 
 
-def test_cancel_writes_nothing_checkpoints_and_resume(tiny, lora_dir):
+def test_cancel_writes_nothing_checkpoints_and_resume(tiny, lora_dir, caplog):
     models = tiny("flux")
     tokens, concept = _tokens(models), _concept()
     before = host_outputs(models.model, models.clip)
@@ -236,6 +228,10 @@ def test_cancel_writes_nothing_checkpoints_and_resume(tiny, lora_dir):
         resumed = PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens,
                                          **{**args, "steps": 1, "checkpoint_every": 0, "resume_from": "ck/" + checkpoint})
     assert resumed[1].steps == 2 and resumed[2]["loss"][0] == full[2]["loss"][0]
+    with caplog.at_level(logging.WARNING), torch.inference_mode():  # another guidance than the file's is reported
+        PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens,
+                               **{**args, "steps": 1, "checkpoint_every": 0, "resume_from": "ck/" + checkpoint, "guidance": 1.0})
+    assert "guidance 1.0 (was 3.5)" in caplog.text
 
 
 def test_fp8_stored_weights_train_as_their_float32_twin():

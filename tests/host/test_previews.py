@@ -18,7 +18,6 @@ require_host()
 
 import comfy.model_management  # noqa: E402
 import comfy.utils  # noqa: E402
-import folder_paths  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
 from graph_helpers import CAPTURED, register_test_nodes, run_graph, stage1_graph, write_images  # noqa: E402
@@ -64,14 +63,6 @@ def _stage1_args(**overrides):
 
 def _stage2_args(**overrides):
     return {**_defaults(PrismLoRATrain), "steps": 4, "gradient_accumulation": 2, "learning_rate": 1e-2, **overrides}
-
-
-@pytest.fixture
-def lora_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(folder)], {".safetensors"}))
-    return folder
 
 
 @pytest.fixture

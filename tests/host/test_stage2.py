@@ -16,7 +16,6 @@ require_host()
 
 import comfy.lora  # noqa: E402
 import comfy.model_management  # noqa: E402
-import folder_paths  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
 from conftest import FAMILIES  # noqa: E402
@@ -60,14 +59,6 @@ def _node_args(**overrides):
     args = {k: v[1]["default"] for section in ("required", "optional") for k, v in widgets[section].items()
             if "default" in v[1]}
     return {**args, "steps": 2, "gradient_accumulation": 2, **overrides}
-
-
-@pytest.fixture
-def lora_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(folder)], {".safetensors"}))
-    return folder
 
 
 def _randomised_adapters(models, seed=1, scale=0.05, alpha=4.0):

@@ -15,7 +15,6 @@ from host_setup import require_host
 
 require_host()
 
-import folder_paths  # noqa: E402
 
 from conftest import FAMILIES  # noqa: E402
 from graph_helpers import CAPTURED, CAPTURED_BY, list_pixels, overflowing_vae, register_test_nodes, run_graph, write_images  # noqa: E402
@@ -32,14 +31,6 @@ def _error(server) -> str:
     errors = [data for event, data in server.messages if event == "execution_error"]
     assert errors, "the graph was expected to fail"
     return f"{errors[0]['node_type']}: {errors[0]['exception_message']}"
-
-
-@pytest.fixture
-def lora_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(folder)], {".safetensors"}))
-    return folder
 
 
 # ---------------------------------------------------------------- 1. every printed word loads its file
