@@ -75,8 +75,9 @@ class PrismLoRATrain:
               preview_cfg=7.0, preview_seed=0, preset="auto", guidance=3.5, unique_id=None):
         config = LoraConfig(rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                             gradient_accumulation=gradient_accumulation, seed=seed, checkpoint_every=checkpoint_every)
-        flux = model_family(model) == "flux"
-        config = family_preset(config, model_family(model), preset)
+        family = model_family(model)
+        flux = family == "flux"
+        config = family_preset(config, family, preset)
         label = "Stage 2"
         if flux:
             label = (f"Stage 2 FLUX.1 ({preset}: lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, steps "

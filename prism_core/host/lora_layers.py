@@ -26,6 +26,7 @@ from comfy.weight_adapter import LoRAAdapter
 from comfy.weight_adapter.lora import LoraDiff
 
 from ..lora_file import BaseFamily, layer_tensors
+from .diffusion import is_flux1
 
 # Paper Sec. 3.4 / reference: to_q, to_k, to_v, to_out.0 of every UNet self- and cross-attention.
 ATTENTION_PROJECTION = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
@@ -62,8 +63,7 @@ def base_family(model: Any) -> BaseFamily:
     """The LoRA-relevant family of a MODEL, or a ValueError naming what is supported."""
     config = model.model.model_config
     v_prediction = model.model.model_type == comfy.model_base.ModelType.V_PREDICTION
-    if isinstance(model.model, comfy.model_base.Flux) and type(model.model).__name__ == "Flux" \
-            and config.unet_config.get("image_model") == "flux":
+    if is_flux1(model):
         dev = bool(config.unet_config.get("guidance_embed"))
         return BaseFamily("flux1" if dev else "flux1-schnell", False, "flux1",
                           "flux-1-dev/lora" if dev else "flux-1-schnell/lora")

@@ -111,8 +111,9 @@ def train_concept_lora(
     if flux and learned_guidance is not None and learned_guidance != options.guidance:
         log.warning("ConceptPrism Prism LoRA Train: these tokens were learned with guidance %s, this run uses %s. Use the "
                     "same guidance as Stage 1 (and when sampling) unless you mean to change it.", learned_guidance, options.guidance)
-    layers = lora_layers.layer_names(model)
-    names = lora_layers.file_names(model, layers)
+    targets = lora_layers.lora_targets(model)  # the host's key map, read once per run
+    layers = list(targets)
+    names = {key: target.file_name for key, target in targets.items()}
     training_dtype = dtype_name(resolve_dtype(options.training_dtype, model.load_device))
     start = resume_point(resume, family, tokens, concept, config, training_dtype,
                          {"guidance": options.guidance} if flux else None)
