@@ -328,3 +328,27 @@ def test_flux_previews_sample_at_cfg_1_with_the_nodes_guidance(tiny):
                                                         **{**args, "steps": 1}, preview_every=1, preview_steps=2,
                                                         guidance=2.0)
     assert images.shape[0] == 1 and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float16])
+def test_reduced_precision_weights_train_as_their_float32_twin(stored):
+    """As ComfyUI loads FLUX on a GPU (bfloat16/float16 storage): float32 compute on those weights gives the
+    losses and token gradients of a float32 model holding exactly the rounded values."""
+    import tiny_models
+    reduced = tiny_models.build("flux", 4, unet_dtype=stored, clip_dtype=stored)
+    twin = tiny_models.build("flux", 4, rounded_like=stored)
+    unrounded = tiny_models.build("flux", 4)  # the check's power: the values before rounding train differently
+    assert reduced.model.model.diffusion_model.img_in.weight.dtype == stored
+    target, residuals = _vectors(twin, seed=9)
+    images = torch.rand(3, RES, RES, 3, generator=torch.Generator().manual_seed(7))
+    results = []
+    for models in (reduced, twin, unrounded):
+        with torch.inference_mode(False):
+            latents = encode_latents(twin.model, twin.vae, images)
+            rec, excl, (t_grads, _) = _losses(models, latents, target, residuals, STEP, 0.5, 3.5)
+        results.append((rec, excl, t_grads["t5xxl"].clone()))
+    # measured: equal to the last bit on both releases; the unrounded model's gradient is ~1e-5 off (float16)
+    assert results[0][:2] == pytest.approx(results[1][:2], rel=1e-6)
+    torch.testing.assert_close(results[0][2], results[1][2], rtol=1e-5, atol=1e-9)
+    with pytest.raises(AssertionError):  # the same tolerance tells the rounded values from the unrounded ones
+        torch.testing.assert_close(results[2][2], results[0][2], rtol=1e-5, atol=1e-9)
