@@ -1,9 +1,10 @@
 """Text encoding with learned vectors spliced in, through the host's own tokenizer and encoder.
 
 Learned tokens are written into prompts as ``embedding:<slot>``. During tokenization the host's
-``SDTokenizer`` asks for each embedding by name; a per-call copy of the tokenizer answers for our
-slot names with placeholder rows (`SlotRow`) and passes every other name to the host, so the
-host does chunking, padding, weights and real ``embedding:`` files exactly as in CLIPTextEncode.
+``SDTokenizer`` parses each embedding word and looks it up by name; the lookup answers for our slot
+names with placeholder rows (`SlotRow`, see embedding_lookup.py) and passes every other name to the
+host, so the host does parsing, chunking, padding, weights and real ``embedding:`` files exactly as in
+CLIPTextEncode.
 The placeholders are then replaced by the current vectors, which the host's encoder splices
 in differentiably (``SDClipModel.process_tokens``).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -20,6 +20,7 @@ import comfy.sd1_clip
 
 from ..optimize import Prompt, SlotVectors
 from ..token_bank import TARGET_SLOT, PrismTokens, is_slot, residual_slot
+from .embedding_lookup import SlotRow, slot_lookup
 
 log = logging.getLogger("ConceptPrism")
 
@@ -35,25 +36,6 @@ FAMILY_NAMES = {
 def family_name(keys: tuple[str, ...]) -> str:
     keys = tuple(sorted(keys))
     return FAMILY_NAMES.get(keys, "+".join(keys))
-
-
-@dataclass(frozen=True)
-class SlotRow:
-    """Row `row` of slot `slot` for text encoder `key`, standing where a vector will go."""
-
-    key: str
-    slot: str
-    row: int
-
-
-class _SlotRows:
-    """Looks enough like an embedding tensor for ``SDTokenizer.tokenize_with_weights``."""
-
-    def __init__(self, key: str, slot: str, rows: int) -> None:
-        self.key, self.slot, self.shape = key, slot, (rows, 0)
-
-    def __getitem__(self, row: int) -> SlotRow:
-        return SlotRow(self.key, self.slot, row)
 
 
 def sub_tokenizers(clip: Any) -> Iterator[tuple[str, comfy.sd1_clip.SDTokenizer]]:
@@ -89,22 +71,14 @@ def tokenize_with_slots(clip: Any, text: str, slot_lengths: dict[str, dict[str, 
     """
     tokenizer = copy.copy(clip.tokenizer)
     for attribute, sub in sub_tokenizers(clip):
-        patched = copy.copy(sub)
-        host_lookup = sub._try_get_embedding
-
-        def lookup(name: str, key: str = sub.embedding_key, host_lookup=host_lookup) -> tuple[Any, str]:
-            head, *rest = name.split() or [""]
-            slot = head.rstrip(",")
-            if slot in slot_lengths:
-                return _SlotRows(key, slot, slot_lengths[slot][key]), " ".join([head[len(slot):]] + rest).strip()
-            return host_lookup(name)
-
-        patched._try_get_embedding = lookup
-        if patched.embedding_directory is None:
-            patched.embedding_directory = []  # the host only looks embeddings up when a directory is set
-        setattr(tokenizer, attribute, patched)
+        if sub.embedding_directory is None:
+            # The host looks embeddings up only when a directory is set: a per-call copy gets an empty one.
+            patched = copy.copy(sub)
+            patched.embedding_directory = []
+            setattr(tokenizer, attribute, patched)
     options = dict(clip.tokenizer_options)
-    return tokenizer.tokenize_with_weights(text, False, **({"tokenizer_options": options} if options else {}))
+    with slot_lookup(slot_lengths):
+        return tokenizer.tokenize_with_weights(text, False, **({"tokenizer_options": options} if options else {}))
 
 
 def fill_slots(tokens: dict[str, list], vectors: SlotVectors) -> dict[str, list]:

@@ -168,12 +168,13 @@ def overflowing_vae(vae, index):
 
 
 def new_executor(server):
-    """A PromptExecutor as the host's main.py builds one. Decided by the constructor's signature, not a
-    version: newer hosts (v0.8.0) take cache settings as `cache_args` and read them on every execute
-    (`cache_args["ram"]`), older ones (v0.3.64) take `cache_size`; both defaults mean "classic cache"."""
-    from comfy.cli_args import args
+    """A PromptExecutor with the classic cache (each test's graph runs once). Decided by the constructor's
+    signature, not a version: newer hosts (v0.8.0 on) take cache settings as `cache_args`, and some of them
+    read `cache_args["ram"]` (a number of GB) after every node even with the classic cache; older ones
+    (v0.3.64) take `cache_size`. The numbers are given here, not read from `comfy.cli_args.args`, whose
+    `cache_ram` changed from a number to a list in v0.23.0 and is only used by main.py's RAM-pressure cache."""
     if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
-        return execution.PromptExecutor(server, cache_args={"lru": args.cache_lru, "ram": args.cache_ram})
+        return execution.PromptExecutor(server, cache_args={"lru": 0, "ram": 0.0, "ram_inactive": 0.0})
     return execution.PromptExecutor(server)
 
 

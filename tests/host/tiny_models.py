@@ -92,25 +92,30 @@ def _flux(family: str, dtype: torch.dtype, t5_width: int):
                    "vec_in_dim": 768, "context_in_dim": t5_width, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 4,
                    "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2,
                    "qkv_bias": True, "txt_ids_dims": []}
-    fields = comfy.ldm.flux.model.FluxParams.__dataclass_fields__
-    # txt_ids_dims exists from v0.8.0 on (FLUX.1: []); v0.3.64's FluxParams has no such field
-    unet_config = {k: v for k, v in unet_config.items() if k in fields or k == "image_model"}
-    config = config_class(unet_config)
+    config = config_class(_accepted_by_host(unet_config))
     # fp8 storage: the host's loader always pairs it with a manual-cast compute dtype (float32 on the CPU)
     manual_cast = torch.float32 if dtype.itemsize == 1 else None
     config.set_inference_dtype(dtype, manual_cast)
     return config.get_model({})
 
 
+def _accepted_by_host(unet_config: dict) -> dict:
+    """The FLUX config keys this host's FluxParams takes (plus image_model, read by the config class): built from
+    what the host's class accepts, not a version. txt_ids_dims, say, exists from v0.8.0 on (FLUX.1: []) and not
+    in v0.3.75's FluxParams; a FLUX.2-shaped model built without it takes the host's default."""
+    fields = comfy.ldm.flux.model.FluxParams.__dataclass_fields__
+    return {k: v for k, v in unet_config.items() if k in fields or k == "image_model"}
+
+
 def flux2_shaped() -> comfy.model_base.BaseModel:
     """A tiny FLUX.2-shaped model (hosts with supported_models.Flux2, v0.8.0 on): the host's FLUX.2 config and
     model class with small sizes, as model_detection would describe a FLUX.2 checkpoint. Only for refusal tests."""
-    config = comfy.supported_models.Flux2({
+    config = comfy.supported_models.Flux2(_accepted_by_host({
         "image_model": "flux2", "axes_dim": [4, 4, 4, 4], "num_heads": 4, "mlp_ratio": 3.0, "theta": 2000,
         "in_channels": 128, "out_channels": 128, "global_modulation": True, "mlp_silu_act": True, "qkv_bias": False,
         "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0, "txt_ids_dims": [3], "patch_size": 1,
         "vec_in_dim": 768, "context_in_dim": 64, "hidden_size": 64, "depth": 1, "depth_single_blocks": 1,
-        "guidance_embed": True})
+        "guidance_embed": True}))
     config.set_inference_dtype(torch.float32, None)
     return config.get_model({})
 
