@@ -34,6 +34,7 @@ from ..previews import PLACEHOLDER, placeholder_image, preview_due, stamp_step
 from ..token_bank import TARGET_SLOT, PrismTokens
 from . import text
 from .runtime import show_text
+from .training_guard import load_as_executor
 
 log = logging.getLogger("ConceptPrism")
 
@@ -89,7 +90,7 @@ def isolated(reload: Sequence[Any]) -> Iterator[None]:
         with torch.inference_mode():
             yield
     if reload:
-        comfy.model_management.load_models_gpu(list(reload), force_full_load=True)
+        load_as_executor(reload)
 
 
 class TrainingPreviews:

@@ -22,7 +22,7 @@ run has a dynamic patcher, and on the CPU the host falls back to the plain one.)
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -165,6 +165,22 @@ def gradient_checkpointing(diffusion_model: torch.nn.Module) -> None:
         patch(module)
 
 
+def load_as_executor(patchers: Sequence[Any]) -> None:
+    """Load `patchers` fully (``comfy.model_management.load_models_gpu``) in inference mode, as the executor
+    runs every node.
+
+    Loading one clone makes the host unpatch whichever other clone of the same model is loaded (a preview's
+    LoRA-patched clone, a LoraLoader model sampled earlier) and put the shared modules' original weights back
+    (``ModelPatcher.unpatch_model`` -> ``comfy.utils.set_attr_param``). Since ComfyUI 0.33.0 (no later than
+    2026-08) ``set_attr_param`` clones an inference tensor when it is called outside inference mode, so a load
+    from training code (grad mode on) would leave the base model holding copies of its own weights, equal in
+    value but not the tensors every other node shares. In inference mode the originals go back as they are,
+    on every release; the training clones' own weights are copied per forward where they are inference
+    tensors (`with_weight_copies`), so training is the same either way."""
+    with torch.inference_mode():
+        comfy.model_management.load_models_gpu(list(patchers), force_full_load=True)
+
+
 @contextlib.contextmanager
 def loaded_training_clones(model: Any, clip: Any | None = None, weight_wrappers: dict[str, Callable] | None = None,
                            checkpointing: bool = False, compute_dtype: torch.dtype = torch.float32
@@ -198,5 +214,5 @@ def loaded_training_clones(model: Any, clip: Any | None = None, weight_wrappers:
         if checkpointing:
             gradient_checkpointing(train_model.model.diffusion_model)
         patchers = [train_model] + ([train_clip.patcher] if train_clip is not None else [])
-        comfy.model_management.load_models_gpu(patchers, force_full_load=True)
+        load_as_executor(patchers)
         yield train_model, train_clip

@@ -183,7 +183,13 @@ def test_checkpointing_without_the_block_copies_gives_a_wrong_gradient(tiny, mon
         try:
             wrong = _losses(models, latents, target, residuals, STEP, 0.5, 3.5, True, ("clip_l",))[2][0]["t5xxl"]
         except RuntimeError as error:
-            assert "inplace" in str(error) or "modified" in str(error)
+            # Either autograd sees a saved tensor modified in place, or (ComfyUI 0.33.0's tiny FLUX) torch's
+            # checkpoint finds that the recompute saves other tensors than the forward did: a stream input that
+            # did not require grad when the block first ran does after `img += ...` wrote into it, so the
+            # recompute saves that stream's activations too (16-token image tensors where the forward saved the
+            # 256-token text stream's). Both are the in-place adds into the checkpoint's inputs.
+            assert ("inplace" in str(error) or "modified" in str(error)
+                    or "Recomputed values for the following tensors have different metadata" in str(error)), error
             return
     assert not torch.allclose(wrong, right, rtol=1e-3, atol=1e-7)
 
@@ -336,8 +342,11 @@ def test_reduced_precision_weights_train_as_their_float32_twin(stored):
     losses and token gradients of a float32 model holding exactly the rounded values."""
     import tiny_models
     reduced = tiny_models.build("flux", 4, unet_dtype=stored, clip_dtype=stored)
-    twin = tiny_models.build("flux", 4, rounded_like=stored)
-    unrounded = tiny_models.build("flux", 4)  # the check's power: the values before rounding train differently
+    # The twins' text encoders in float32: left at the host's text-encoder default (float16, also on the CPU)
+    # they would hold the bfloat16 values rounded once more (below float16's normal range, |x| < 6.1e-5,
+    # bfloat16 values move by up to 3e-8), and not be twins.
+    twin = tiny_models.build("flux", 4, rounded_like=stored, clip_dtype=torch.float32)
+    unrounded = tiny_models.build("flux", 4, clip_dtype=torch.float32)  # the check's power: unrounded values train differently
     assert reduced.model.model.diffusion_model.img_in.weight.dtype == stored
     target, residuals = _vectors(twin, seed=9)
     images = torch.rand(3, RES, RES, 3, generator=torch.Generator().manual_seed(7))
@@ -347,7 +356,7 @@ def test_reduced_precision_weights_train_as_their_float32_twin(stored):
             latents = encode_latents(twin.model, twin.vae, images)
             rec, excl, (t_grads, _) = _losses(models, latents, target, residuals, STEP, 0.5, 3.5)
         results.append((rec, excl, t_grads["t5xxl"].clone()))
-    # measured: equal to the last bit on both releases; the unrounded model's gradient is ~1e-5 off (float16)
+    # measured: equal to the last bit on 0.3.75 and 0.33.0 once the twins' text encoders are float32
     assert results[0][:2] == pytest.approx(results[1][:2], rel=1e-6)
     torch.testing.assert_close(results[0][2], results[1][2], rtol=1e-5, atol=1e-9)
     with pytest.raises(AssertionError):  # the same tolerance tells the rounded values from the unrounded ones
