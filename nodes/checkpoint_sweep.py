@@ -43,7 +43,6 @@ class PrismCheckpointSweep:
                 "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP, for the prompts with the learned token."}),
                 "vae": ("VAE", {"tooltip": "Decodes the renders."}),
                 "tokens": (PRISM_TOKENS, {"tooltip": "The tokens the LoRA was trained with (Stage 1's output)."}),
-                "lora_name": ("STRING", {"forceInput": True, "tooltip": "The run's final LoRA: connect Save Prism LoRA's lora_name. Its checkpoints are found by checkpoint_prefix."}),
                 "reference_images": ("IMAGE", {"tooltip": "The concept's own images (Load Concept Set's image output), for CLIP-I and DINO."}),
                 "score_clip": ("CLIP", {"tooltip": CLIP_TEXT_TIP}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": CLIP_VISION_TIP}),
@@ -64,6 +63,9 @@ class PrismCheckpointSweep:
                 "negative": ("STRING", {"multiline": True, "default": "", "tooltip": "Negative prompt for every render (the paper: none)."}),
                 "clip_t_tolerance": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 1.0, "step": 0.005, "tooltip": "The rule: " + RULE + ". How much CLIP-T may drop below step 0's."}),
                 "max_sampler_steps": ("INT", {"default": 5000, "min": 1, "max": 1000000, "tooltip": "Refuse to run when (step 0 + checkpoints) x prompts x seeds x steps is more than this. The cost is shown on the node before rendering."}),
+                # Last: frontends from about 1.4x give a forceInput STRING a widget slot in a saved graph's
+                # widgets_values and older ones do not; at the end it shifts no other widget's value either way.
+                "lora_name": ("STRING", {"forceInput": True, "tooltip": "The run's final LoRA: connect Save Prism LoRA's lora_name. Its checkpoints are found by checkpoint_prefix."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -6,7 +6,7 @@ import hashlib
 from ..prism_core import concept_set
 from ..prism_core import images as image_io
 from ..prism_core.concept_folder import typed_folder
-from ..prism_core.host.concept_set_checks import validate_load_concept_set
+from ..prism_core.host.concept_set_checks import report_concept_set, validate_load_concept_set
 from ..prism_core.host.folders import resolve_input_folder
 from .types import CATEGORY, CONCEPT_SET
 
@@ -41,7 +41,7 @@ class LoadConceptSet:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "folder": ("STRING", {"default": "conceptprism/my_concept", "tooltip": "Folder of reference images: a subfolder of ComfyUI's input directory or an absolute path. Captions come from <image name>.txt files beside the images (same name, .txt in any case). Subfolders are not read. Ignored when 'images' is connected."}),
+                "folder": ("STRING", {"default": "conceptprism/my_concept", "tooltip": "Folder of reference images: a subfolder of ComfyUI's input directory or an absolute path. Captions come from <image name>.txt (or kohya's .caption) files beside the images (same name, extension in any case). Notes, .json and .npz caches beside them are skipped; subfolders are not read. Ignored when 'images' is connected."}),
                 "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Training resolution: images are scaled so the short side fits and center-cropped to a square. 512 for SD1.5/SD2.1-base, 768 for SD2.1-768-v, 1024 for SDXL."}),
                 "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Optional: one caption per line, one line per image in file-name order (8-32 words describing the whole image). Overrides sidecar .txt files. Leave empty to use them."}),
             },
@@ -49,6 +49,7 @@ class LoadConceptSet:
                 "images": ("IMAGE", {"tooltip": "Optional images to use instead of the folder: an IMAGE batch, or a list of images from a list-output node (sizes may differ; each is resized like folder images)."}),
                 "caption_text": ("STRING", {"forceInput": True, "tooltip": "Optional captions from another node: one string with one line per image, or a captioning node's list output (one string per image). Overrides the captions widget."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},  # to show warnings about the images on this node
         }
 
     @classmethod
@@ -57,7 +58,7 @@ class LoadConceptSet:
         return validate_load_concept_set(cls, folder, input_types)
 
     @classmethod
-    def IS_CHANGED(cls, folder, resolution, captions, images=None, caption_text=None):
+    def IS_CHANGED(cls, folder, resolution, captions, images=None, caption_text=None, unique_id=None):
         if images is not None:
             return ""
         # Re-run when files in the folder change, not only when the widgets do.
@@ -70,13 +71,15 @@ class LoadConceptSet:
                     digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         return digest.hexdigest()
 
-    def load(self, folder, resolution, captions, images=None, caption_text=None):
+    def load(self, folder, resolution, captions, images=None, caption_text=None, unique_id=None):
         folder, resolution, captions, images, caption_text = map(_listed, (folder, resolution, captions, images, caption_text))
+        node_id = _listed(unique_id)[0] if unique_id is not None else None
         folder, resolution = _one(folder, "folder"), _one(resolution, "resolution")
         if caption_text is not None and any(text.strip() for text in caption_text):
             lines, source = concept_set.caption_lines(caption_text), "caption_text input"
         else:
             lines, source = concept_set.caption_lines(captions), "captions widget"
+        typed = None
         if images is not None:
             result = concept_set.from_batch(images, resolution, lines, source)
         else:
@@ -84,4 +87,5 @@ class LoadConceptSet:
             if not typed:
                 raise image_io.ConceptSetError("LoadConceptSet: 'folder' is empty. Name a folder of images (inside ComfyUI's input directory or an absolute path), or connect an IMAGE batch to 'images'.")
             result = concept_set.from_folder(resolve_input_folder(folder), resolution, lines, source, typed)
+        report_concept_set(result, typed, node_id)
         return (result, result.images.clone())

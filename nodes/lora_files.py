@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from ..prism_core.lora_file import SAVE_DTYPES, save_lora
 from ..prism_core.names import checked_prefix
-from ..prism_core.host.folders import first_folder
+from ..prism_core.host.folders import first_folder, save_folder_problem
 from .types import CATEGORY, LORA_MODEL
+
+NODE = "Save Prism LoRA"
 
 
 class SavePrismLoRA:
@@ -25,10 +27,19 @@ class SavePrismLoRA:
             "save_dtype": (list(SAVE_DTYPES), {"default": "float32", "tooltip": "float32 keeps the trained values exactly; float16 or bfloat16 halve the file."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        # When the graph is validated, before any node runs: an unwritable loras folder is refused before
+        # training, not after it. A prefix fed by a link arrives as None; save() checks it.
+        return True if filename_prefix is None else save_folder_problem(NODE, "filename_prefix", "loras", filename_prefix) or True
+
     def save(self, lora, filename_prefix: str, save_dtype: str):
         if not hasattr(lora, "metadata"):
             raise ValueError("Save Prism LoRA: this LORA_MODEL did not come from Prism LoRA Train (it has no ConceptPrism "
                              "header). Save it with the host's Save LoRA Weights node instead.")
+        problem = save_folder_problem(NODE, "filename_prefix", "loras", filename_prefix)
+        if problem:
+            raise ValueError(problem)
         root = first_folder("loras")
         name = save_lora(lora, root, checked_prefix("filename_prefix", filename_prefix), save_dtype).relative_to(root.resolve()).as_posix()
         return {"ui": {"text": [name]}, "result": (name,)}

@@ -6,11 +6,10 @@ from pathlib import Path
 import folder_paths
 
 from ..prism_core.config import FLUX_LORA_DEFAULTS, PRESETS, LoraConfig, family_preset, help_text
-from ..prism_core.files import split_prefix
 from ..prism_core.lora_file import LoraWeights, read_lora, save_lora
 from ..prism_core.names import checked_prefix
 from ..prism_core.host.diffusion import TRAINING_DTYPES
-from ..prism_core.host.folders import first_folder
+from ..prism_core.host.folders import first_folder, save_folder_problem
 from ..prism_core.host.runtime import step_reporter
 from ..prism_core.host.stage1 import RunOptions, model_family
 from ..prism_core.host.stage2 import apply_lora, train_concept_lora
@@ -18,6 +17,7 @@ from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_pre
 from .types import CATEGORY, CONCEPT_SET, LORA_MODEL, LOSS_MAP, PRISM_TOKENS
 
 NO_RESUME = "none"
+NODE = "Prism LoRA Train"
 
 
 def _tip(name: str) -> str:
@@ -57,7 +57,7 @@ class PrismLoRATrain:
             "optional": {
                 "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Most micro-steps sharing one model call. Lower it if you run out of memory; results do not change."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, slower. Results do not change."}),
-                "training_dtype": (list(TRAINING_DTYPES), {"default": "auto", "tooltip": "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI loads SD checkpoints in float16 on most GPUs). auto (default): float16 with dynamic loss scaling on GPUs that run float16 well (measured: the float32 gradient to a cosine of 0.9999999, for about half the memory and time), else bfloat16, else float32; float32 on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). The LoRA weights always stay float32 and apply on the float32 weight in float32 mode."}),
+                "training_dtype": (list(TRAINING_DTYPES), {"default": "auto", "tooltip": "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI loads SD checkpoints in float16 on most GPUs). auto (default): the first precision ComfyUI allows for this model that the GPU runs, in ComfyUI's order: SD float16 with dynamic loss scaling (measured: the float32 gradient to a cosine of 0.9999999, for about half the memory and time), FLUX.1 bfloat16 (float16 on cards without it); float32 on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). The LoRA weights always stay float32 and apply on the float32 weight in float32 mode."}),
                 "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": _tip("checkpoint_every")}),
                 "checkpoint_prefix": ("STRING", {"default": "conceptprism/concept_lora", "tooltip": "Name (and optional subfolder) in models/loras for checkpoints; '_stepNNNN' and a counter are appended. < > : \" | ? * become '_'."}),
                 "resume_from": ([NO_RESUME] + folder_paths.get_filename_list("loras"), {"default": NO_RESUME, "tooltip": "Continue a LoRA saved by Save Prism LoRA (or a checkpoint): its weights, rank, alpha and step count carry on; 'steps' more steps are trained. Refused if it was trained on other tokens or images; other seed or accumulation settings are warned about and recorded."}),
@@ -67,6 +67,21 @@ class PrismLoRATrain:
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, checkpoint_every=None, checkpoint_prefix=None):
+        """When the graph is validated, before any node runs (Stage 1 included): a checkpoint folder that cannot be
+        written is refused now, not after step `checkpoint_every`. Values fed by a link arrive as None and are
+        checked when the node runs. The host skips its own min/max check of an input this method takes, so the
+        range of checkpoint_every is checked here."""
+        if checkpoint_every is None or checkpoint_prefix is None:
+            return True
+        low, high = (cls.INPUT_TYPES()["optional"]["checkpoint_every"][1][k] for k in ("min", "max"))
+        if not low <= checkpoint_every <= high:
+            return f"{NODE}: checkpoint_every is {checkpoint_every}; set it between {low} (off) and {high}."
+        if checkpoint_every == 0:
+            return True  # no checkpoints: this node writes nothing
+        return save_folder_problem(NODE, "checkpoint_prefix", "loras", checkpoint_prefix) or True
 
     def train(self, model, clip, vae, concept_set, tokens, rank, alpha, learning_rate, steps, gradient_accumulation, seed,
               max_batch=4, gradient_checkpointing=False, training_dtype="auto", checkpoint_every=0,
@@ -88,13 +103,11 @@ class PrismLoRATrain:
         resume = None
         if resume_from and resume_from != NO_RESUME:
             resume = read_lora(Path(folder_paths.get_full_path_or_raise("loras", resume_from)), resume_from)
-        if checkpoint_every:  # before training, not at step N
+        if checkpoint_every:  # before step 1, not at the first checkpoint (VALIDATE_INPUTS checked widget values already)
             checkpoint_prefix = checked_prefix("checkpoint_prefix", checkpoint_prefix)
-            try:
-                split_prefix(first_folder("loras"), checkpoint_prefix)
-            except ValueError:
-                raise ValueError(f"Prism LoRA Train: checkpoint_prefix '{checkpoint_prefix}' points outside the loras folder; "
-                                 "use a plain name or a subfolder such as 'conceptprism/concept_lora'.") from None
+            problem = save_folder_problem(NODE, "checkpoint_prefix", "loras", checkpoint_prefix)
+            if problem:
+                raise ValueError(problem)
 
         previews = training_previews("Prism LoRA Train", "Stage 2", clip, vae, concept_set.resolution,
                                      (resume.steps if resume is not None else 0) + config.steps, unique_id, preview_every,
@@ -106,5 +119,6 @@ class PrismLoRATrain:
 
         run = train_concept_lora(model, clip, vae, concept_set, tokens, config, options, resume,
                                  on_step=step_reporter(config.steps, unique_id, label, ("loss",)),
-                                 on_checkpoint=save_checkpoint if checkpoint_every else None, previews=previews)
+                                 on_checkpoint=save_checkpoint if checkpoint_every else None, previews=previews,
+                                 node_id=unique_id)
         return (apply_lora(model, run.weights), run.weights, {"loss": run.weights.loss}, previews.output())

@@ -8,8 +8,23 @@ import folder_paths
 from ..prism_core.files import save_new_safetensors
 from ..prism_core.names import checked_prefix
 from ..prism_core.token_bank import PrismTokens
-from ..prism_core.host.folders import TOKENS_FOLDER, first_folder
+from ..prism_core.host.folders import TOKENS_FOLDER, first_folder, save_folder_problem
 from .types import CATEGORY, PRISM_TOKENS
+
+
+def _checked_folder(node: str, kind: str, filename_prefix: str | None, for_prompt: bool = False) -> bool | str:
+    """VALIDATE_INPUTS of a save node: True, or why its folder cannot be written (with the fix). Run when the graph
+    is validated, before any node runs, so training is not thrown away at the end; a prefix fed by a link arrives
+    as None and is checked when the node saves."""
+    if filename_prefix is None:
+        return True
+    return save_folder_problem(node, "filename_prefix", kind, filename_prefix, for_prompt) or True
+
+
+def _refuse_unwritable(node: str, kind: str, filename_prefix: str, for_prompt: bool = False) -> None:
+    problem = save_folder_problem(node, "filename_prefix", kind, filename_prefix, for_prompt)
+    if problem:
+        raise ValueError(problem)
 
 
 def _name_in(root: Path, path: Path) -> str:
@@ -33,7 +48,12 @@ class SavePrismEmbedding:
             "filename_prefix": ("STRING", {"default": "conceptprism/concept", "tooltip": "Name (and optional subfolder) inside models/embeddings. A counter is appended; existing files are never overwritten. Spaces, brackets and < > : \" | ? * cannot be in a prompt word: each run of them becomes '_' (the console says so)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        return _checked_folder("Save Prism Embedding", "embeddings", filename_prefix, for_prompt=True)
+
     def save(self, tokens: PrismTokens, filename_prefix: str):
+        _refuse_unwritable("Save Prism Embedding", "embeddings", filename_prefix, for_prompt=True)
         root = first_folder("embeddings")
         prefix = checked_prefix("filename_prefix", filename_prefix, for_prompt=True)
         path = save_new_safetensors(root, prefix, tokens.embedding_tensors(),
@@ -58,7 +78,12 @@ class SavePrismTokens:
             "filename_prefix": ("STRING", {"default": "conceptprism/concept", "tooltip": "Name (and optional subfolder) inside models/prism_tokens. A counter is appended; existing files are never overwritten. < > : \" | ? * become '_'."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        return _checked_folder("Save Prism Tokens", TOKENS_FOLDER, filename_prefix)
+
     def save(self, tokens: PrismTokens, filename_prefix: str):
+        _refuse_unwritable("Save Prism Tokens", TOKENS_FOLDER, filename_prefix)
         root = first_folder(TOKENS_FOLDER)
         name = _name_in(root, tokens.save(root, checked_prefix("filename_prefix", filename_prefix)))
         return {"ui": {"text": [name]}, "result": (name,)}

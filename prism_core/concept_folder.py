@@ -2,9 +2,15 @@
 tell the user when the folder is not the one they meant.
 
 One pairing rule, used for listing and for reading: image `<stem>.<ext>` takes the caption file with the
-same stem, exactly, and the extension `.txt` in any case (`IMG_0001.JPG` + `IMG_0001.TXT`), whatever the
-file system's case rules. Errors name the folder as the user typed it (and the path it resolved to).
-Pure module: standard library only.
+same stem, exactly, and the extension `.txt` or kohya's `.caption` in any case (`IMG_0001.JPG` +
+`IMG_0001.TXT`), whatever the file system's case rules. Errors name the folder as the user typed it (and
+the path it resolved to).
+
+What else a folder may hold, as other trainers' folders do (kohya, ai-toolkit and ComfyUI's own dataset
+loaders skip it): known non-image files (notes, metadata, latent caches) are skipped and listed for a console
+line; OS debris (desktop.ini, Thumbs.db, hidden files) is skipped silently. Image formats the pack cannot
+read (HEIC, camera RAW, PSD, ...) and files of unknown kind are refused with the fix, since skipping them
+could silently drop a reference photo the user meant to include. Pure module: standard library only.
 """
 from __future__ import annotations
 
@@ -16,6 +22,38 @@ from dataclasses import dataclass
 from .images import IMAGE_EXTENSIONS, ConceptSetError
 
 CAPTION_SUFFIX = ".txt"
+CAPTION_SUFFIXES: frozenset[str] = frozenset({CAPTION_SUFFIX, ".caption"})  # .caption: kohya's other sidecar
+
+# Files every OS leaves in folders: never the user's, skipped without a word. (Hidden files, ".DS_Store" and
+# macOS "._" resource forks among them, are skipped by `_visible_files`.)
+OS_DEBRIS: frozenset[str] = frozenset({"desktop.ini", "thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "icon\r"})
+
+# Known non-image files that sit beside training images: notes, trainer metadata and configs, kohya's latent and
+# text-encoder caches (.npz), model files, archives, videos. Skipped, each named in one console line.
+NON_IMAGE_EXTENSIONS: frozenset[str] = frozenset({
+    ".md", ".markdown", ".rst", ".rtf", ".pdf", ".doc", ".docx", ".odt", ".html", ".htm",
+    ".json", ".jsonl", ".toml", ".yaml", ".yml", ".ini", ".cfg", ".csv", ".tsv", ".xml", ".xmp", ".log",
+    ".npz", ".npy", ".safetensors", ".ckpt", ".pt", ".pth", ".bin",
+    ".py", ".sh", ".bat", ".ps1", ".zip", ".7z", ".rar", ".tar", ".gz",
+    ".mp4", ".mov", ".avi", ".mkv", ".webm", ".wav", ".mp3",
+})
+
+_RAW = ("a camera RAW file", "develop it in your RAW converter (Lightroom, darktable, the camera's software) and export "
+        "a JPEG or PNG")
+_HEIC = ("HEIC/HEIF (the iPhone default)", "convert it to JPEG (Photos: Export; Windows Photos: Save as), or set the "
+         "iPhone's Camera > Formats to Most Compatible")
+# Image formats that Pillow (ComfyUI's decoder) cannot read, with the fix for each.
+UNREADABLE_IMAGES: dict[str, tuple[str, str]] = {
+    ".heic": _HEIC, ".heif": _HEIC, ".hif": _HEIC,
+    ".psd": ("a Photoshop document", "export a flattened PNG or JPEG (File > Export)"),
+    ".psb": ("a Photoshop document", "export a flattened PNG or JPEG (File > Export)"),
+    ".jxl": ("JPEG XL", "convert it to PNG or JPEG"),
+    ".svg": ("a vector drawing", "render it to a PNG at least as large as the training resolution"),
+    ".exr": ("an HDR image", "tone-map it and save a PNG or JPEG"),
+    ".hdr": ("an HDR image", "tone-map it and save a PNG or JPEG"),
+    **{ext: _RAW for ext in (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2",
+                             ".raf", ".pef", ".srw", ".x3f", ".3fr", ".erf", ".kdc", ".mrw", ".raw", ".rwl", ".iiq")},
+}
 _NATURAL_SPLIT = re.compile(r"(\d+)")
 _LISTED_SUBFOLDERS = 6  # how many subfolders an error names before "..."
 
@@ -32,7 +70,23 @@ def is_image(path: pathlib.Path) -> bool:
 
 
 def is_caption(path: pathlib.Path) -> bool:
-    return path.suffix.lower() == CAPTION_SUFFIX
+    return path.suffix.lower() in CAPTION_SUFFIXES
+
+
+def _unreadable_images_message(unreadable: list[pathlib.Path], where: str) -> str:
+    """One refusal naming every image the pack cannot read, each with its format's fix."""
+    if ".avif" in {p.suffix.lower() for p in unreadable}:
+        fixes = {".avif": ("AVIF", "this Pillow cannot decode AVIF: update Pillow to 11.3 or later, or save it as "
+                                   "PNG or JPEG")}
+    else:
+        fixes = {}
+    parts = []
+    for path in unreadable:
+        kind, fix = fixes.get(path.suffix.lower()) or UNREADABLE_IMAGES[path.suffix.lower()]
+        parts.append(f"'{path.name}' is {kind}: {fix}")
+    plural = "an image" if len(unreadable) == 1 else f"{len(unreadable)} images"
+    return (f"Concept folder {where} holds {plural} ConceptPrism cannot read: " + "; ".join(parts) +
+            ". Then put the PNG or JPEG in the folder and move the original out.")
 
 
 def _visible_files(root: pathlib.Path) -> list[pathlib.Path]:
@@ -114,14 +168,17 @@ def too_few_images_message(root: pathlib.Path, typed: str, count: int) -> str:
 
 @dataclass(frozen=True)
 class FolderContents:
-    """images: natural name order; captions[i] is image i's caption file, or None."""
+    """images: natural name order; captions[i] is image i's caption file, or None; skipped: the known
+    non-image files and captions without an image that were left out (natural order; OS debris not listed)."""
 
     images: list[pathlib.Path]
     captions: list[pathlib.Path | None]
+    skipped: tuple[str, ...] = ()
 
 
 def _pair_captions(root: pathlib.Path, where: str, images: list[pathlib.Path],
-                   captions: list[pathlib.Path]) -> list[pathlib.Path | None]:
+                   captions: list[pathlib.Path]) -> tuple[list[pathlib.Path | None], list[pathlib.Path]]:
+    """(image i's caption or None, captions whose stem is no image's at all, for the skipped list)."""
     by_stem: dict[str, list[pathlib.Path]] = {}
     for caption in captions:
         by_stem.setdefault(caption.stem, []).append(caption)
@@ -139,41 +196,71 @@ def _pair_captions(root: pathlib.Path, where: str, images: list[pathlib.Path],
     by_folded: dict[str, int] = {}
     for i, image in enumerate(images):
         by_folded.setdefault(image.stem.casefold(), i)
+    orphans = []
     for caption in captions:
         i = by_folded.get(caption.stem.casefold())
-        if caption.stem in image_stems or i is None:
+        if caption.stem in image_stems:
+            continue
+        if i is None:
+            orphans.append(caption)  # notes.txt, or the caption of an image that was removed: no image to guess
             continue
         image = images[i]
         fix = (f"delete it or merge it into '{paired[i].name}', which is '{image.name}''s caption" if paired[i] is not None
                else f"rename it to '{image.stem}{caption.suffix}' for '{image.name}'")
         raise ConceptSetError(f"Caption '{caption.name}' in concept folder {where} belongs to no image: a caption pairs "
                               f"with the image of exactly the same name. {fix[0].upper()}{fix[1:]}.")
-    return paired
+    return paired, orphans
 
 
 def read_folder(folder: str | os.PathLike, typed: str | None = None) -> FolderContents:
-    """The images directly in `folder` and each one's caption file.
+    """The images directly in `folder`, each one's caption file, and what was skipped.
 
     `typed` is the folder as the user wrote it (default: the path), used in every message. Subfolders are
-    not read; any file that is neither an image nor a `.txt` caption raises (dropping it silently could hide
-    a reference the user meant to include); so do ambiguous or misnamed captions.
+    not read. Known non-image files (NON_IMAGE_EXTENSIONS) and captions without an image are skipped and
+    listed in `skipped`; OS debris silently. Image formats the pack cannot read, files of unknown kind,
+    and ambiguous or misnamed captions raise ConceptSetError with the fix.
     """
     root = pathlib.Path(folder).expanduser()
     typed = str(folder) if typed is None else typed
     _check_folder(root, typed)
     where = shown(typed, root)
-    images, captions = [], []
+    images, captions, skipped, unreadable, unknown = [], [], [], [], []
     for entry in _visible_files(root):
+        suffix = entry.suffix.lower()
+        if entry.name.casefold() in OS_DEBRIS:
+            continue
         if is_caption(entry):
             captions.append(entry)
         elif is_image(entry):
             images.append(entry)
+        elif suffix in UNREADABLE_IMAGES or suffix == ".avif":  # .avif lands here only where Pillow cannot read it
+            unreadable.append(entry)
+        elif suffix in NON_IMAGE_EXTENSIONS:
+            skipped.append(entry)
         else:
-            allowed = " ".join(sorted(IMAGE_EXTENSIONS))
-            raise ConceptSetError(f"'{entry.name}' in concept folder {where} is not an image ({allowed}) or a .txt "
-                                  "caption: remove it or move it out of the folder.")
+            unknown.append(entry)
+    if unreadable:
+        raise ConceptSetError(_unreadable_images_message(sorted(unreadable, key=_natural_key), where))
+    if unknown:
+        allowed = " ".join(sorted(IMAGE_EXTENSIONS))
+        names = ", ".join(f"'{p.name}'" for p in sorted(unknown, key=_natural_key))
+        raise ConceptSetError(f"{names} in concept folder {where}: not an image ConceptPrism reads ({allowed}), a .txt "
+                              "or .caption caption, or a file it knows to skip (notes, .json, kohya's .npz caches). "
+                              "If it is an image, save it as PNG or JPEG; otherwise move it out of the folder.")
     images.sort(key=_natural_key)
-    return FolderContents(images, _pair_captions(root, where, images, captions))
+    paired, orphans = _pair_captions(root, where, images, captions)
+    skipped_names = tuple(p.name for p in sorted(skipped + orphans, key=_natural_key))
+    return FolderContents(images, paired, skipped_names)
+
+
+def skipped_message(skipped: tuple[str, ...] | list[str], typed: str) -> str:
+    """The console line for files `read_folder` skipped (empty when none)."""
+    if not skipped:
+        return ""
+    what = "1 file" if len(skipped) == 1 else f"{len(skipped)} files"
+    kind = "is not an image" if len(skipped) == 1 else "are not images"
+    return (f"ConceptPrism: skipped {what} in concept folder '{typed}' that {kind}: {', '.join(skipped)} "
+            "(captions pair only with an image of the same name).")
 
 
 def list_image_files(folder: str | os.PathLike, typed: str | None = None) -> list[pathlib.Path]:
@@ -182,7 +269,7 @@ def list_image_files(folder: str | os.PathLike, typed: str | None = None) -> lis
 
 
 def read_caption(path: pathlib.Path | None) -> str | None:
-    """A caption file's text with whitespace collapsed; None for no file or an empty one."""
+    """A caption file's (.txt or .caption) text with whitespace collapsed; None for no file or an empty one."""
     if path is None:
         return None
     try:

@@ -34,6 +34,32 @@ def split_prefix(root: Path, prefix: str) -> tuple[Path, str]:
     return target.parent, target.name
 
 
+def unwritable_reason(directory: Path) -> str | None:
+    """None when a save could create a file in `directory`, else why not, naming the path that stops it.
+
+    `directory` need not exist yet (a save creates its missing folders), so the check is made on the deepest
+    part of it that does exist: that must be a folder (a file or a dangling link there makes every save below
+    it fail) in which a file can be created. It is tried, not inferred from permission bits: `os.access` says
+    yes to root whatever the mode, and on Windows ignores folder ACLs, while a read-only mount, a full quota
+    or a network share refuses only the write itself. The probe is a temporary file, made the way
+    `save_new_safetensors` makes its own and deleted at once; nothing is left behind, no folder is created.
+    """
+    existing = Path(directory)
+    try:
+        while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
+            existing = existing.parent
+        if existing.is_symlink() and not existing.exists():
+            return f"{existing} is a link to {os.readlink(existing)}, which does not exist"
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+        descriptor, probe = tempfile.mkstemp(prefix=".conceptprism-write-check.", suffix=".tmp", dir=existing)
+    except OSError as error:  # permission denied, read-only file system, a path the OS cannot look into
+        return f"{existing} cannot be written to ({error.strerror or error})"
+    os.close(descriptor)
+    os.unlink(probe)
+    return None
+
+
 def save_new_safetensors(
     root: Path, prefix: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
     extension: str = ".safetensors",

@@ -6,22 +6,36 @@ Pure module: standard library, numpy, torch and Pillow only (no comfy imports).
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
+import re
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 
 class ConceptSetError(ValueError):
     """Bad concept-set input; the message names the offending file/input and says what to change."""
 
 
+def _avif_readable() -> bool:
+    # Pillow reads AVIF from 11.3 on when built with libavif (its wheels are); older or other builds cannot.
+    try:
+        from PIL import features
+        return bool(features.check("avif"))
+    except (ImportError, ValueError):
+        return False
+
+
+AVIF_READABLE: bool = _avif_readable()
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+    | ({".avif"} if AVIF_READABLE else set())
 )
+"""File extensions read as images (any case). .avif only where this Pillow can decode it."""
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -60,23 +74,126 @@ def _to_rgb_float(im: Image.Image) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0).astype(np.float32)
 
 
+# Large files (item: a 180-megapixel photo). Pillow refuses to open images over 2 x Image.MAX_IMAGE_PIXELS
+# (about 179 MP by default) as possible decompression bombs. That limit is process-wide and guards every other
+# node, so it is never raised here; a concept folder holds the user's own photos, so those past it are opened
+# through the format's own plugin class (which reads only the header), and decoded at reduced size where the
+# format allows it (JPEG's DCT scaling), or refused with their size where a full decode would cost too much.
+LARGE_IMAGE_MEGAPIXELS = 24
+"""Decoded images over this many megapixels are reduced (integer box filter) before conversion to float32, so a
+huge photo costs its 8-bit decode, not 12 bytes a pixel plus a full-size bicubic resize."""
+DECODE_LIMIT_MEGAPIXELS = 250
+"""The most megapixels decoded at full size (PNG, TIFF, WebP, ...: formats without reduced-size decoding)."""
+MIN_SHORT_SIDE = 2048
+"""Reduction keeps the short side at least this long: the largest training resolution Load Concept Set offers."""
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+)")
+# EXIF orientation -> the transposition that shows the image upright (the table ImageOps.exif_transpose uses).
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def _megapixels(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} MP)"
+
+
+def reduction_factor(size: tuple[int, int]) -> int:
+    """The integer factor a decoded image of `size` (w, h) is reduced by before float conversion: 1 up to
+    LARGE_IMAGE_MEGAPIXELS; above, the smallest factor that brings it to that size, but never one that takes the
+    short side below MIN_SHORT_SIDE (a long panorama keeps its height)."""
+    w, h = size
+    if w * h <= LARGE_IMAGE_MEGAPIXELS * 1_000_000:
+        return 1
+    wanted = math.ceil(math.sqrt(w * h / (LARGE_IMAGE_MEGAPIXELS * 1_000_000)))
+    return max(1, min(wanted, min(w, h) // MIN_SHORT_SIDE))
+
+
+def _open_past_pillow_limit(p: pathlib.Path, error: Exception) -> Image.Image:
+    """Open a file Pillow's decompression-bomb check refused, without touching the process-wide limit: JPEG and
+    PNG through their plugin classes (the check lives in Image.open, not in them); any other format is refused
+    with its size and the fix."""
+    with open(p, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(_JPEG_MAGIC):
+        return JpegImagePlugin.JpegImageFile(p)
+    if head.startswith(_PNG_MAGIC):
+        return PngImagePlugin.PngImageFile(p)
+    found = _BOMB_PIXELS.search(str(error))
+    pixels, limit = (int(found.group(1)) / 1e6, int(found.group(2)) / 1e6) if found else (None, None)
+    size = f"has {pixels:.0f} MP, more than" if pixels else "is larger than"
+    below = f"{limit:.0f} MP" if limit else "that"
+    raise ConceptSetError(
+        f"Image '{p.name}' ({p}) {size} the {below} Pillow opens in one image (a limit ComfyUI keeps for every "
+        f"node). Downscale it below {below} (training uses at most {MIN_SHORT_SIDE} px), or save it as JPEG, which "
+        "ConceptPrism loads downscaled at any size.")
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except (OSError, ValueError, KeyError, TypeError, SyntaxError, ZeroDivisionError):
+        return 1  # malformed EXIF should not make a perfectly decodable image unusable; keep raw orientation
+
+
+def _reduce(im: Image.Image) -> Image.Image:
+    """`im` (decoded) reduced by `reduction_factor`, in a mode whose reduction averages colours: palette indices
+    and 1-bit or 16-bit modes are converted first (Pillow cannot reduce those, or would average indices)."""
+    factor = reduction_factor(im.size)
+    if factor <= 1:
+        return im
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode.startswith("I;16"):
+        im = im.convert("I")
+    return im.reduce(factor)
+
+
+def _decode(im: Image.Image, p: pathlib.Path) -> np.ndarray:
+    """First frame of an opened image -> float32 [H, W, 3], reduced before float conversion when large."""
+    im.seek(0)  # first frame of animated GIF/WebP/TIFF
+    w, h = im.size
+    jpeg = isinstance(im, JpegImagePlugin.JpegImageFile)
+    factor = reduction_factor(im.size)
+    if jpeg and factor > 1:
+        # Decode at 1/2, 1/4 or 1/8 scale (the largest that stays at least this size): a 180 MP JPEG never
+        # exists at full size in memory.
+        im.draft(None, (math.ceil(w / factor), math.ceil(h / factor)))
+    elif not jpeg and w * h > DECODE_LIMIT_MEGAPIXELS * 1_000_000:
+        raise ConceptSetError(
+            f"Image '{p.name}' ({p}) is {_megapixels((w, h))}: ConceptPrism decodes at most {DECODE_LIMIT_MEGAPIXELS} MP "
+            f"of a {im.format or 'non-JPEG'} image at full size. Downscale it below {DECODE_LIMIT_MEGAPIXELS} MP (training "
+            f"uses at most {MIN_SHORT_SIDE} px), or save it as JPEG, which ConceptPrism loads downscaled at any size.")
+    im.load()  # force the full decode here so truncated files fail inside the caller's try
+    orientation = _orientation(im)
+    small = _reduce(im)
+    if orientation in _ORIENTATION:
+        small = small.transpose(_ORIENTATION[orientation])
+    return _to_rgb_float(small)
+
+
 def load_image_file(path: str | os.PathLike) -> torch.Tensor:
     """Decode one image file to float32 RGB [H, W, 3] in [0, 1] (ComfyUI IMAGE layout without batch dim).
 
     EXIF orientation is applied; transparency is composited onto white; animated files use the first frame.
-    Raises ConceptSetError naming the file if it cannot be decoded.
+    Images over LARGE_IMAGE_MEGAPIXELS come back reduced by an integer factor (see `reduction_factor`); JPEGs
+    of any size load, other formats up to DECODE_LIMIT_MEGAPIXELS. Pillow's process-wide limit is not changed.
+    Raises ConceptSetError naming the file if it cannot be decoded or is too large to decode.
     """
     p = pathlib.Path(path)
     try:
-        with Image.open(p) as im:
-            im.seek(0)  # first frame of animated GIF/WebP/TIFF
-            im.load()  # force the full decode here so truncated files fail inside this try
-            try:
-                oriented = ImageOps.exif_transpose(im)
-            except (OSError, ValueError, KeyError, TypeError, SyntaxError, ZeroDivisionError):
-                # Malformed EXIF should not make a perfectly decodable image unusable; keep raw orientation.
-                oriented = im.copy()
-            arr = _to_rgb_float(oriented if oriented is not None else im)
+        try:
+            opened = Image.open(p)
+        except Image.DecompressionBombError as exc:
+            opened = _open_past_pillow_limit(p, exc)
+        with opened as im:
+            arr = _decode(im, p)
+    except ConceptSetError:
+        raise
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise ConceptSetError(
             f"Could not read image '{p.name}' ({p}): {exc}. Re-save it as PNG or JPEG, or remove it."

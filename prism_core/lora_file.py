@@ -41,6 +41,11 @@ class LoraWeights(dict):
         return int(self.metadata.get("conceptprism.steps", 0))
 
     @property
+    def skipped_steps(self) -> int:
+        """Steps (of all runs) whose update was skipped for float16 overflow; 0 for files without the field."""
+        return int(self.metadata.get("conceptprism.skipped_steps", 0))
+
+    @property
     def loss(self) -> list[float]:
         return [float(x) for x in json.loads(self.metadata.get("conceptprism.loss", "[]"))]
 
@@ -113,6 +118,8 @@ def lora_metadata(family: BaseFamily, rank: int, alpha: float, steps: int, setti
                   runs: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """Header strings for a LoRA trained `steps` steps in total, the last run with `settings`, on `tokens`
     and `images` (`resume.image_record`); `runs` lists every run's settings and steps (`resume.previous_runs`)."""
+    if runs is None:
+        runs = [{**settings, "first_step": 1, "last_step": steps}]
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
@@ -133,7 +140,10 @@ def lora_metadata(family: BaseFamily, rank: int, alpha: float, steps: int, setti
         "conceptprism.loss": json.dumps([float(x) for x in loss]),
         "conceptprism.tokens": json.dumps(token_summary(tokens)),
         **({"conceptprism.images": json.dumps(images)} if images is not None else {}),
-        "conceptprism.runs": json.dumps(runs if runs is not None else [{**settings, "first_step": 1, "last_step": steps}]),
+        "conceptprism.runs": json.dumps(runs),
+        # Steps whose update float16 overflow skipped, over every run (files and runs before this field count 0):
+        # "steps" counts the plan's steps, this says how many of them changed the weights.
+        "conceptprism.skipped_steps": str(sum(int(run.get("skipped_steps", 0)) for run in runs)),
     }
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from .config import LoraConfig
-from .loss_scaling import LossScaler
+from .loss_scaling import LossScaler, check_trained
 from .losses import per_sample_mse
 from .optimize import Cond, NonFiniteLossError, batch_conds, chunk_ranges
 from .schedule import MicroStep, draw_noise, plan_micro_steps
@@ -73,6 +73,7 @@ def train_lora(
     on_step: Callable[[int, int, float], None] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
     on_preview: Callable[[int], None] | None = None,
+    on_skip: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Run Algorithm 2 for `config.steps` steps after `start_step` (non-zero when resuming) and
     return the loss of each step (mean over its micro-steps).
@@ -82,14 +83,17 @@ def train_lora(
     estimates restart, since a LoRA file does not carry them). on_step(step, last_step, loss) and
     on_checkpoint(step) get absolute step numbers, and so does on_preview(step), called after every
     completed step (after on_step, before that step's checkpoint, so a Cancel during a preview writes
-    no checkpoint of that step); it must leave the parameters and the optimizer alone.
+    no checkpoint of that step); it must leave the parameters and the optimizer alone. on_skip(step) is called
+    for a step whose update was skipped because float16 gradients overflowed (before on_step); a run whose every
+    step was skipped raises loss_scaling.NothingTrainedError at its end.
     """
     last_step = start_step + config.steps
     plan = plan_micro_steps(latents.shape[0], 0, last_step, config.gradient_accumulation,
                             backend.num_timesteps, config.seed)[start_step:]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = LossScaler(backend.loss_scaling, parameters[0].device)
-    history = []
+    history: list[float] = []
+    skipped: list[int] = []
     for offset, micro_steps in enumerate(plan):
         step = start_step + offset + 1
         optimizer.zero_grad(set_to_none=True)
@@ -102,7 +106,10 @@ def train_lora(
                 f"index {bad}; the images and latents were checked finite before training). "
                 f"Lower learning_rate (e.g. to {config.learning_rate / 4:g}), or set training_dtype to float32 "
                 "if you trained in float16. No LoRA was output.")
-        scaler.step(optimizer, parameters, config.max_grad_norm, step)
+        if not scaler.step(optimizer, parameters, config.max_grad_norm, step):
+            skipped.append(step)
+            if on_skip is not None:
+                on_skip(step)
         history.append(sum(losses) / len(losses))
         if on_step is not None:
             on_step(step, last_step, history[-1])
@@ -110,4 +117,6 @@ def train_lora(
             on_preview(step)
         if on_checkpoint is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < last_step:
             on_checkpoint(step)
+    # A LoRA that no update of this run reached is its start (zero, or the resumed file): refused, not returned.
+    check_trained("Stage 2", skipped, config.steps, "LoRA weights")
     return history

@@ -18,6 +18,39 @@ import torch
 
 log = logging.getLogger("ConceptPrism")
 
+# Share of a run's steps that may be skipped before the run is reported as not what was asked for. A few skipped
+# steps are the scaler finding its scale (it starts at 2**16 and halves on each overflow, as torch's GradScaler
+# and every AMP trainer do); more than this means float16 cannot hold this model's gradients.
+SKIPPED_WARNING_FRACTION = 0.05
+
+
+class NothingTrainedError(RuntimeError):
+    """Every update of a run was skipped: its result would be its starting point, reported as trained."""
+
+
+_FIX = "set training_dtype to bfloat16 (float32's exponent range: it does not overflow) or float32"
+
+
+def check_trained(stage: str, skipped: Sequence[int], steps: int, output: str) -> None:
+    """Raise NothingTrainedError when all `steps` steps of a run were skipped (`skipped`: their step numbers), so its
+    result would be its starting point; `output` (e.g. "tokens") names what the node would have put out."""
+    if skipped and len(skipped) >= steps:
+        raise NothingTrainedError(
+            f"ConceptPrism {stage}: the float16 gradients overflowed at every one of the {steps} steps, so every update "
+            f"was skipped and nothing was trained; no {output} were output (they would be their untrained start). To "
+            f"fix it, {_FIX}.")
+
+
+def skipped_warning(stage: str, skipped: Sequence[int], steps: int, output: str) -> str | None:
+    """The warning for a run that applied fewer updates than asked (more than SKIPPED_WARNING_FRACTION of its
+    `steps` skipped for float16 overflow), naming the steps and the fix; None when the run is what was asked."""
+    if len(skipped) <= SKIPPED_WARNING_FRACTION * steps:
+        return None
+    shown = ", ".join(str(s) for s in skipped[:8]) + (", ..." if len(skipped) > 8 else "")
+    return (f"ConceptPrism {stage}: the float16 gradients overflowed at {len(skipped)} of {steps} steps ({shown}) and "
+            f"those updates were skipped: the {output} got {steps - len(skipped)} of the {steps} updates asked for. "
+            f"The file header records it (skipped_steps). For every update, {_FIX}.")
+
 
 class LossScaler:
     """Scale losses before backward; unscale, clip and step (or skip) after."""

@@ -21,7 +21,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from .config import TokenConfig
-from .loss_scaling import LossScaler
+from .loss_scaling import LossScaler, check_trained
 from .losses import micro_step_weights, per_sample_mse
 from .schedule import MicroStep, draw_noise, plan_micro_steps
 from .token_bank import TARGET_SLOT, LossHistory, residual_slot
@@ -196,7 +196,8 @@ def optimize_tokens(
     [n_t, D]; initial_residuals[key]: [N, n_r, D]. A step is one AdamW update made of
     `config.gradient_accumulation` micro-steps, each on one image (loss divided by their count).
     With float16 compute (backend.loss_scaling) the losses are scaled dynamically; a step whose
-    gradients overflow is skipped and the scale lowered (loss_scaling.LossScaler).
+    gradients overflow is skipped and the scale lowered (loss_scaling.LossScaler); the history lists the skipped
+    steps, and a run whose every step was skipped raises loss_scaling.NothingTrainedError.
     on_preview(step, snapshot), if given, is called after every completed step (after on_step);
     snapshot() returns detached CPU copies (target, residuals) of the vectors as they are now. It must
     leave the training state alone (prism_core.host.previews renders with it).
@@ -224,11 +225,14 @@ def optimize_tokens(
                     "training_dtype to float32 if you trained in float16. No tokens were output.")
             recs.append(rec)
             excls.append(excl)
-        scaler.step(optimizer, trainable, config.max_grad_norm, step_index + 1)
+        if not scaler.step(optimizer, trainable, config.max_grad_norm, step_index + 1):
+            history.skipped.append(step_index + 1)
         history.append(sum(recs) / len(recs), sum(excls) / len(excls))
         if on_step is not None:
             on_step(step_index + 1, config.steps, history.rec[-1], history.excl[-1])
         if on_preview is not None:
             on_preview(step_index + 1, params.detached)
+    # Tokens that no update reached are the initial vectors: refused, not returned as if trained.
+    check_trained("Stage 1", history.skipped, config.steps, "tokens")
     target, residuals = params.detached()
     return target, residuals, history

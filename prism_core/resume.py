@@ -89,8 +89,10 @@ def check_resume(metadata: dict[str, str], label: str, tokens_sha256: str, image
         warnings.append(f"resume_from '{label}' does not record its images' pixels (written by an older version), so "
                         "they could not be compared with this concept set.")
     last = previous_runs(metadata)[-1]
+    # Only what both runs record is compared: a setting the model does not read is not recorded (guidance on
+    # FLUX.1-schnell), and files written before that rule may still hold it.
     changed = [f"{key} {settings.get(key)} (was {last.get(key)})" for key in COMPARED_SETTINGS
-               if key in last and last.get(key) != settings.get(key)]
+               if key in last and key in settings and last.get(key) != settings.get(key)]
     if changed:
         warnings.append(
             f"resuming '{label}' with other settings than its steps {last['first_step']}-{last['last_step']}: "

@@ -31,22 +31,27 @@ def is_slot(word: str) -> bool:
 
 @dataclass
 class LossHistory:
-    """Per optimizer step: reconstruction and exclusion losses kept apart (NaN where not computed)."""
+    """Per optimizer step: reconstruction and exclusion losses kept apart (NaN where not computed); `skipped`: the
+    steps whose update was skipped because float16 gradients overflowed (their losses are still recorded)."""
 
     rec: list[float] = field(default_factory=list)
     excl: list[float] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
 
     def append(self, rec: float, excl: float) -> None:
         self.rec.append(float(rec))
         self.excl.append(float(excl))
 
     def to_json(self) -> str:
-        return json.dumps({"rec": self.rec, "excl": [None if math.isnan(x) else x for x in self.excl]})
+        return json.dumps({"rec": self.rec, "excl": [None if math.isnan(x) else x for x in self.excl],
+                           "skipped": self.skipped})
 
     @classmethod
     def from_json(cls, text: str) -> "LossHistory":
         data = json.loads(text)
-        return cls(list(data["rec"]), [math.nan if x is None else float(x) for x in data["excl"]])
+        # Banks written before skipped steps were recorded hold no "skipped" entry.
+        return cls(list(data["rec"]), [math.nan if x is None else float(x) for x in data["excl"]],
+                   [int(x) for x in data.get("skipped", [])])
 
 
 @dataclass

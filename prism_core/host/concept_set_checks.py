@@ -8,17 +8,25 @@ dialog shows it twice (for 'folder' and 'input_types'). Only what the widgets sa
 linked comes from `input_types`, the host's map of linked input -> received type; asking for it turns
 off the host's own type check of linked inputs for this node, so `linked_type_problems` makes that
 check itself with the host's function. Nothing here creates folders or reads image data.
+
+`report_concept_set` is the node's other half, when it runs: before any training node gets the concept set,
+what will train badly is said in the console and on the node, and skipped files in one console line.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import folder_paths
 from comfy_execution.validation import validate_node_input
 
-from ..concept_folder import list_image_files, too_few_images_message
+from ..concept_folder import list_image_files, skipped_message, too_few_images_message
+from ..concept_set import ConceptSet
 from ..images import ConceptSetError
 from .folders import resolve_input_folder
+from .runtime import show_text
+
+log = logging.getLogger("ConceptPrism")
 
 NODE = "Load Concept Set"
 FEWEST_IMAGES = 2
@@ -84,3 +92,15 @@ def validate_load_concept_set(node_class: type, folder: Any, input_types: Any) -
         if problem:
             problems.append(problem)
     return True if not problems else f"{NODE}: " + " ".join(problems)
+
+
+def report_concept_set(concept: ConceptSet, typed_folder: str | None, node_id: str | None) -> None:
+    """Say what Load Concept Set found, before training: each warning (duplicates, images scaled up a lot) as a
+    console warning and, all together, as text on the node (`node_id`; nothing without a server); the files a
+    folder held that were skipped (not images) as one console line. OS debris was skipped without a word."""
+    if concept.skipped and typed_folder is not None:
+        log.info(skipped_message(concept.skipped, typed_folder))
+    for warning in concept.warnings:
+        log.warning(warning)
+    if concept.warnings:
+        show_text("\n".join(w.removeprefix("ConceptPrism: ") for w in concept.warnings), node_id)

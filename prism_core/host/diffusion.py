@@ -16,26 +16,55 @@ from ..schedule import FLOW_SIGMA_LEVELS, flow_sigmas
 Cond = dict[str, torch.Tensor]
 
 # training_dtype widget value -> the diffusion model's compute dtype on the training clone, whatever
-# dtype its weights are stored in (float16 on most GPUs). "auto" is resolved per device (compute_dtype).
+# dtype its weights are stored in (float16 on most GPUs). "auto" is resolved per model and device (compute_dtype).
 TRAINING_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def compute_dtype(training_dtype: str, device: torch.device) -> torch.dtype:
-    """The compute dtype for a training_dtype choice. "auto": loss-scaled float16 where the host would run
-    this device in float16 (``model_management.should_use_fp16``: CUDA cards with usable float16), else
-    bfloat16 where it supports that, else float32 (the CPU, where reduced precision is slower). Measured
-    on float16-stored tiny models (bench/run.py precision), loss-scaled float16 gives the float32
-    gradient to a cosine of 0.9999999 for half the activation memory. Raises KeyError for another name."""
+# The host's own default order (comfy.supported_models_base.BASE.supported_inference_dtypes), for a model
+# config that does not say.
+_HOST_DEFAULT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def supported_dtypes(model: Any) -> tuple[torch.dtype, ...]:
+    """The compute dtypes the host allows for this MODEL, in the host's order of preference: its model config's
+    ``supported_inference_dtypes`` (SD1.x/SDXL: float16, bfloat16, float32; FLUX.1: bfloat16, float16, float32),
+    which is what ``comfy.model_management.unet_dtype`` / ``unet_manual_cast`` walk when the host picks the
+    dtype it samples the model in. A torch.device (no model at hand) gets the host's default order."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    listed = getattr(config, "supported_inference_dtypes", None)
+    return tuple(listed) if listed else _HOST_DEFAULT_DTYPES
+
+
+def compute_dtype(training_dtype: str, model: Any) -> torch.dtype:
+    """The compute dtype for a training_dtype choice on `model` (a MODEL patcher; its ``load_device`` is where it
+    trains. A bare torch.device is taken as a model with the host's default dtype order).
+
+    "auto": the first dtype of the model's host-allowed list (`supported_dtypes`, in the host's order) that the
+    host would run on this device: float16 where ``model_management.should_use_fp16`` says so (CUDA cards
+    with usable float16), bfloat16 where ``should_use_bf16`` does, float32 always; float32 on the CPU, where
+    reduced precision is slower. So SD models get loss-scaled float16 on float16 cards (measured on float16-
+    stored tiny models, bench/run.py precision: the float32 gradient to a cosine of 0.9999999 for half the
+    activation memory), and FLUX.1, which the host lists bfloat16-first, gets bfloat16 where the card has it,
+    as ComfyUI samples it, the reference FLUX trainer and the paper train it: in float16 the host clamps
+    FLUX's text stream with ``nan_to_num``, which zeroes the token gradients where it clamps. On a card without
+    bfloat16 FLUX.1 gets float16, the host's next choice and what it samples FLUX in there (float32 would
+    double activation memory on cards that are the smallest already). The device predicates are read with
+    ``prioritize_performance=False``: whether the device computes the dtype, not whether it is the fastest
+    choice for inference. Raises KeyError for another name."""
     chosen = TRAINING_DTYPES[training_dtype]
     if chosen is not None:
         return chosen
-    mm = comfy.model_management
+    device = model if isinstance(model, torch.device) else model.load_device
     if device.type == "cpu":
         return torch.float32
-    if mm.should_use_fp16(device, prioritize_performance=False):
-        return torch.float16
-    if mm.should_use_bf16(device, prioritize_performance=False):
-        return torch.bfloat16
+    mm = comfy.model_management
+    for dtype in supported_dtypes(model):
+        if dtype == torch.float16 and mm.should_use_fp16(device, prioritize_performance=False):
+            return torch.float16
+        if dtype == torch.bfloat16 and mm.should_use_bf16(device, prioritize_performance=False):
+            return torch.bfloat16
+        if dtype == torch.float32:
+            return torch.float32
     return torch.float32
 
 

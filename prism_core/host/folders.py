@@ -7,7 +7,9 @@ from pathlib import Path
 import folder_paths
 
 from ..concept_folder import typed_folder
+from ..files import split_prefix, unwritable_reason
 from ..lora_file import token_hash
+from ..names import file_prefix, prompt_word_prefix
 from ..token_bank import PrismTokens
 
 TOKENS_FOLDER = "prism_tokens"
@@ -23,6 +25,27 @@ def register_folders() -> None:
 def first_folder(kind: str) -> Path:
     """The first configured folder of a model kind ('embeddings', 'loras', 'prism_tokens'), where saves go."""
     return Path(folder_paths.get_folder_paths(kind)[0])
+
+
+def save_folder_problem(node: str, input_name: str, kind: str, prefix: str, for_prompt: bool = False) -> str | None:
+    """None when `node` can write `<kind folder>/<prefix>_NNNNN_.safetensors`; else one message naming the
+    folder, what stops the write and the fixes. Checked before any work (the save nodes' VALIDATE_INPUTS, the
+    training node's checkpoint folder before step 1), so a run is never trained and then lost at its end.
+    `prefix` is cleaned as the node cleans it (`names`, quietly: the node itself says when it renames);
+    `for_prompt`: Save Prism Embedding's rule. Creates nothing."""
+    root = first_folder(kind)
+    cleaned = prompt_word_prefix(prefix) if for_prompt else file_prefix(prefix)
+    try:
+        directory, _ = split_prefix(root, cleaned)
+    except ValueError:
+        return (f"{node}: {input_name} '{prefix}' points outside the {kind} folder {root}; use a plain name or a "
+                "subfolder such as 'conceptprism/concept'.")
+    reason = unwritable_reason(directory)
+    if reason is None:
+        return None
+    return (f"{node}: {input_name} '{prefix}' saves into {directory}, which cannot be written: {reason}. Fix the "
+            f"folder (create it, or make it writable for the user ComfyUI runs as), point ComfyUI's '{kind}' folder "
+            f"at a writable one (extra_model_paths.yaml), or change {input_name}.")
 
 
 def resolve_input_folder(folder: str) -> Path:

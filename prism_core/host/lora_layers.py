@@ -153,6 +153,20 @@ class RowSliceLoras(torch.nn.Module):
             pieces.append(w[start:])
         return torch.cat(pieces)
 
+    def move_to(self, device: torch.device) -> int:
+        """Move the adapters to `device`; returns the bytes they hold there.
+
+        The host's loader moves the weight functions it finds on a module with their ``move_to`` (the feature
+        ``comfy.model_patcher.move_weight_functions`` looks for, as the host's own trainable adapters,
+        ``WeightAdapterTrainBase``, have it) whenever it moves the weights: to the GPU on load, to the offload
+        device on unload. Without it these adapters would stay on the CPU while the fused weight they patch is
+        on the GPU, and the first forward fails with tensors on two devices. ``Module.to`` swaps each
+        Parameter's data and keeps the Parameter objects, so an optimizer holding them keeps training them.
+        Dtype: the adapters stay float32 and each adapter returns the dtype of the slice it is given (the
+        host's compute dtype), so a compute-dtype change needs no move."""
+        self.to(device=device)
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
 
 def weight_wrappers(model: Any, adapters: dict[str, LoraDiff]) -> dict[str, Any]:
     """{host weight key: weight function} putting `adapters` ({target key: adapter}) on a training clone:

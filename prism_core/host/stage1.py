@@ -10,11 +10,12 @@ import torch
 
 from ..concept_set import ConceptSet
 from ..config import TokenConfig, family_preset
-from ..init import random_vectors, repeated_vector
+from ..init import content_free_rows, random_vectors, repeated_vector
 from ..input_checks import check_training_inputs
+from ..loss_scaling import skipped_warning
 from ..optimize import optimize_tokens
 from ..token_bank import PrismTokens
-from . import text
+from . import runtime, text
 from .diffusion import check_text_encoders, encode_latents, is_flux1, prediction_target
 from .previews import TrainingPreviews
 from .stage1_backend import ComfyStage1Backend
@@ -42,6 +43,20 @@ def model_family(model: Any) -> str:
     return "flux" if is_flux1(model) else "sd"
 
 
+def reads_guidance(model: Any) -> bool:
+    """Whether the MODEL's diffusion model reads a guidance input: FLUX.1-dev's transformer has a guidance
+    embedding (`params.guidance_embed`, the `guidance_in` MLP), FLUX.1-schnell's and SD's have none. Decided by
+    that feature, not by a file or family name, so a renamed or merged checkpoint is judged by what it computes.
+    Only a model that reads guidance records it (token bank, LoRA header) and has it compared (Stage 2 against
+    Stage 1, resume against the file): for the others the value changes nothing."""
+    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
+    params = getattr(diffusion_model, "params", None)
+    if params is not None and hasattr(params, "guidance_embed"):
+        return bool(params.guidance_embed)
+    embedder = getattr(diffusion_model, "guidance_in", None)  # hosts whose transformer keeps no params
+    return embedder is not None and not isinstance(embedder, torch.nn.Identity)
+
+
 def family_config(model: Any, config: TokenConfig, preset: str, flux_clip_l: str = "fixed") -> tuple[TokenConfig, str]:
     """(config that runs, a line saying which values ran) for the node's preset (config.family_preset) and, on
     FLUX.1, whether CLIP-L rows are "fixed" (default, as the reference) or "learned"."""
@@ -55,6 +70,16 @@ def family_config(model: Any, config: TokenConfig, preset: str, flux_clip_l: str
     return config, (f"Stage 1 FLUX.1 ({preset}: residual_length {config.residual_length}, beta {config.beta:g}, "
                     f"lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, accumulation "
                     f"{config.gradient_accumulation}, clip_l {flux_clip_l})")
+
+
+def report_skipped_steps(stage: str, skipped: list[int], steps: int, output: str, node_id: str | None) -> None:
+    """Say loudly (a console warning and the node's text) when float16 overflow skipped a noticeable share of a
+    run's updates (loss_scaling.skipped_warning): the result is then not the training asked for, and an INFO line
+    per skipped step is easy to miss. A run with every update skipped was already refused by the loop."""
+    message = skipped_warning(stage, skipped, steps, output)
+    if message:
+        log.warning(message)
+        runtime.show_text(message, node_id)
 
 
 def initial_vectors(backend: ComfyStage1Backend, captions: tuple[str, ...], config: TokenConfig
@@ -76,23 +101,27 @@ def initial_vectors(backend: ComfyStage1Backend, captions: tuple[str, ...], conf
         log.warning("ConceptPrism: no caption for image(s) %s; their residual tokens start from random vectors. "
                     "Give captions (sidecar .txt files or the captions widget) for the paper's initialisation.", missing)
     residuals = {key: torch.stack([r[key] for r in rows]) for key in target}
+    residuals = content_free_rows(residuals, stats, config.frozen_encoders or ())
     return target, residuals, starts
 
 
 def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: TokenConfig,
                  options: RunOptions = RunOptions(),
                  on_step: Callable[[int, int, float, float], None] | None = None,
-                 previews: TrainingPreviews | None = None) -> PrismTokens:
+                 previews: TrainingPreviews | None = None, node_id: str | None = None) -> PrismTokens:
     """Paper Algorithm 1 on a MODEL/CLIP/VAE. The incoming objects are left as they were. `previews`, if
     given, renders the current tokens on the incoming MODEL every N steps (prism_core.host.previews). Raises
     ValueError before any work for a model family the pack does not train (diffusion.prediction_target) and
-    for a FLUX.1 model without FLUX's text encoders."""
+    for a FLUX.1 model without FLUX's text encoders; loss_scaling.NothingTrainedError when float16 overflow
+    skipped every update. Skipped updates are counted in the settings (skipped_steps) and, when they are more
+    than a few, warned about in the console and on node `node_id`."""
     prediction_target(model.get_model_object("model_sampling"), model)
     widths = text.encoder_widths(clip)
     lengths = text.slot_lengths_for(
         {k: torch.empty(config.target_length, w) for k, w in widths.items()},
         {k: torch.empty(len(concept), config.residual_length, w) for k, w in widths.items()})
     flux = is_flux1(model)
+    guided = reads_guidance(model)
     check_text_encoders(model, widths)
     if config.frozen_encoders is None:
         config = dataclasses.replace(config, frozen_encoders=FLUX_FROZEN_ENCODERS if flux else ())
@@ -108,7 +137,9 @@ def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: T
                                                          _preview_hook(previews, model, concept, backend))
     settings = {**config.to_dict(), "resolution": concept.resolution, "residual_init": starts,
                 "training_dtype": backend.compute_dtype, "clip_layer": text.clip_layer(clip),
-                "prediction_target": backend.target_kind, **({"guidance": options.guidance} if flux else {})}
+                "prediction_target": backend.target_kind, "skipped_steps": len(history.skipped),
+                **({"guidance": options.guidance} if guided else {})}
+    report_skipped_steps("Stage 1", history.skipped, config.steps, "tokens", node_id)
     return PrismTokens(target, residuals, list(concept.captions), list(concept.names), settings, history)
 
 

@@ -30,7 +30,7 @@ class ComfyStage1Backend(PredictingBackend):
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "ComfyStage1Backend":
-        compute_dtype = resolve_dtype(self.training_dtype, self.model.load_device)
+        compute_dtype = resolve_dtype(self.training_dtype, self.model)
         self.compute_dtype = dtype_name(compute_dtype)
         self.train_model, self.train_clip = self._stack.enter_context(training_guard.loaded_training_clones(
             self.model, self.clip, checkpointing=self.checkpointing, compute_dtype=compute_dtype))

@@ -21,7 +21,7 @@ from . import diffusion, lora_layers, text, training_guard
 from .diffusion import PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs, schedule_levels
 from .previews import TrainingPreviews
 from .resume_point import resume_point
-from .stage1 import RunOptions
+from .stage1 import RunOptions, reads_guidance, report_skipped_steps
 
 log = logging.getLogger("ConceptPrism")
 
@@ -41,7 +41,7 @@ class ComfyStage2Backend(PredictingBackend):
 
     def __enter__(self) -> "ComfyStage2Backend":
         wrappers = lora_layers.weight_wrappers(self.model, self.adapters)
-        compute_dtype = resolve_dtype(self.training_dtype, self.model.load_device)
+        compute_dtype = resolve_dtype(self.training_dtype, self.model)
         self.compute_dtype = dtype_name(compute_dtype)
         self.train_model, _ = self._stack.enter_context(training_guard.loaded_training_clones(
             self.model, None, wrappers, self.checkpointing, compute_dtype))
@@ -96,27 +96,33 @@ def train_concept_lora(
     on_step: Callable[[int, int, float], None] | None = None,
     on_checkpoint: Callable[[LoraWeights], None] | None = None,
     previews: TrainingPreviews | None = None,
+    node_id: str | None = None,
 ) -> LoraRun:
     """Paper Algorithm 2 on a MODEL/CLIP/VAE. The incoming objects are left as they were; the LoRA
     lives on a training clone only. `resume` continues a saved LoRA and its step count, if it was trained
     on these tokens and images (see resume_point). `previews`, if given, renders the incoming MODEL with the
-    current adapters patched in as LoraLoader patches that step's file, every N steps (prism_core.host.previews)."""
+    current adapters patched in as LoraLoader patches that step's file, every N steps (prism_core.host.previews).
+    Updates skipped for float16 overflow are counted in the header (skipped_steps, per run and in total) and,
+    when more than a few, warned about in the console and on node `node_id`; a run with every update skipped
+    raises loss_scaling.NothingTrainedError. Guidance is recorded and compared only when the model reads it
+    (stage1.reads_guidance: FLUX.1-dev, not schnell)."""
     target_kind = diffusion.prediction_target(model.get_model_object("model_sampling"), model)
     family = lora_layers.base_family(model)
     flux = family.name.startswith("flux")
     diffusion.check_text_encoders(model, text.encoder_widths(clip))
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
+    guided = reads_guidance(model)
     learned_guidance = tokens.settings.get("guidance")
-    if flux and learned_guidance is not None and learned_guidance != options.guidance:
+    if guided and learned_guidance is not None and learned_guidance != options.guidance:
         log.warning("ConceptPrism Prism LoRA Train: these tokens were learned with guidance %s, this run uses %s. Use the "
                     "same guidance as Stage 1 (and when sampling) unless you mean to change it.", learned_guidance, options.guidance)
     targets = lora_layers.lora_targets(model)  # the host's key map, read once per run
     layers = list(targets)
     names = {key: target.file_name for key, target in targets.items()}
-    training_dtype = dtype_name(resolve_dtype(options.training_dtype, model.load_device))
+    training_dtype = dtype_name(resolve_dtype(options.training_dtype, model))
     start = resume_point(resume, family, tokens, concept, config, training_dtype,
-                         {"guidance": options.guidance} if flux else None)
+                         {"guidance": options.guidance} if guided else None)
     start_step, earlier_loss = start.start_step, start.loss
     with torch.inference_mode(False):
         conds = training_conditionings(model, clip, tokens, concept.resolution, options.guidance if flux else None)
@@ -134,12 +140,14 @@ def train_concept_lora(
                     "training_dtype": training_dtype,
                     "layers": lora_layers.FLUX_LAYERS if flux else "attention (to_q, to_k, to_v, to_out.0)",
                     "clip_layer": text.clip_layer(clip), "prediction_target": target_kind,
-                    **({"guidance": options.guidance} if flux else {})}
+                    **({"guidance": options.guidance} if guided else {})}
+        skipped: list[int] = []  # this run's steps whose update float16 overflow skipped
 
         def snapshot(steps_done: int, loss: list[float]) -> LoraWeights:
+            ran = {**settings, "skipped_steps": len(skipped)}
             return LoraWeights(lora_layers.adapter_tensors(adapters, names),
-                               lora_metadata(family, rank, alpha, steps_done, settings, tokens, earlier_loss + loss,
-                                             start.images, start.runs_until(settings, steps_done)))
+                               lora_metadata(family, rank, alpha, steps_done, ran, tokens, earlier_loss + loss,
+                                             start.images, start.runs_until(ran, steps_done)))
 
         loss: list[float] = []
 
@@ -158,7 +166,8 @@ def train_concept_lora(
                         previews.render_step(step, lambda: apply_lora(model, snapshot(step, loss)), lambda: tokens,
                                              reload=[backend.train_model])
             train_lora(backend, latents, conds, lora_layers.adapter_parameters(adapters), config,
-                       start_step, record, checkpoint, preview)
+                       start_step, record, checkpoint, preview, skipped.append)
+        report_skipped_steps("Stage 2", skipped, config.steps, "LoRA", node_id)
         return LoraRun(snapshot(start_step + config.steps, loss), loss)
 
 

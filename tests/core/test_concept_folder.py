@@ -40,12 +40,16 @@ def test_list_image_files_order_and_skips(tmp_path):
     assert all(isinstance(p, pathlib.Path) for p in concept_folder.list_image_files(tmp_path))
 
 
-def test_list_image_files_rejects_other_files(tmp_path):
+def test_list_image_files_rejects_files_of_unknown_kind(tmp_path):
+    """A file that is neither an image, a caption nor a known non-image file could be a photo under an odd name:
+    refused, named, with the fix (known non-image files are skipped: test_concept_set_inputs.py)."""
     _image(tmp_path / "a.png")
-    (tmp_path / "notes.pdf").write_bytes(b"%PDF-1.4")
+    (tmp_path / "scan.xyz").write_bytes(b"%PDF-1.4")
     with pytest.raises(ConceptSetError) as ei:
         concept_folder.list_image_files(tmp_path, "conceptprism/mugs")
-    assert "notes.pdf" in str(ei.value) and "remove" in str(ei.value) and "'conceptprism/mugs'" in str(ei.value)
+    message = str(ei.value)
+    assert "'scan.xyz'" in message and "move it out" in message and "'conceptprism/mugs'" in message
+    assert "save it as PNG or JPEG" in message
 
 
 # ---------------------------------------------------------------- caption pairing (one rule)

@@ -93,3 +93,63 @@ def test_stage2_loop_skips_the_overflowing_step_and_goes_on():
     assert not torch.equal(snapshots[0], torch.zeros_like(snapshots[0]))
     assert torch.equal(snapshots[0], snapshots[1])  # step 2 skipped
     assert not torch.equal(snapshots[1], snapshots[2]) and torch.isfinite(snapshots[2]).all()
+
+
+class OverflowAlways(OverflowOnce):
+    """Every gradient-carrying model call overflows in its backward pass: no update can ever be applied."""
+
+    def __init__(self, backend):
+        super().__init__(backend, overflow_call=None)
+
+    def predict(self, latents, timesteps, noise, cond):
+        out = self.backend.predict(latents, timesteps, noise, cond)
+        if torch.is_grad_enabled() and out.requires_grad:
+            out.register_hook(lambda g: g * math.inf)
+        return out
+
+
+def test_stage1_loop_records_skipped_steps_and_refuses_a_run_that_trained_nothing():
+    from comfyui_conceptprism.prism_core.loss_scaling import NothingTrainedError
+    config = TokenConfig(steps=3, gradient_accumulation=1, learning_rate=0.05)
+    latents = torch.randn(4, 4, generator=torch.Generator().manual_seed(2))
+    target, residuals = _initial(n_r=config.residual_length)
+    _, _, history = optimize_tokens(OverflowOnce(ToyBackend(), overflow_call=2), latents, target, residuals, config)
+    assert history.skipped == [2]
+    with pytest.raises(NothingTrainedError, match="overflowed at every one of the 3 steps.*no tokens were output"):
+        optimize_tokens(OverflowAlways(ToyBackend()), latents, target, residuals, config)
+
+
+def test_stage2_loop_reports_skipped_steps_and_refuses_a_run_that_trained_nothing():
+    from comfyui_conceptprism.prism_core.loss_scaling import NothingTrainedError
+    toy = ToyLoraBackend()
+    skipped = []
+    config = LoraConfig(steps=3, gradient_accumulation=1, learning_rate=0.05)
+    train_lora(OverflowOnce(toy, overflow_call=2), LATENTS, CONDS, [toy.up, toy.down], config, on_skip=skipped.append)
+    assert skipped == [2]
+    toy = ToyLoraBackend()
+    with pytest.raises(NothingTrainedError, match="Stage 2: .*every one of the 3 steps"):
+        train_lora(OverflowAlways(toy), LATENTS, CONDS, [toy.up, toy.down], config, start_step=5)
+
+
+def test_skipped_steps_warn_only_past_the_scalers_calibration_share():
+    from comfyui_conceptprism.prism_core.loss_scaling import skipped_warning
+    assert skipped_warning("Stage 1", [], 200, "tokens") is None
+    assert skipped_warning("Stage 1", list(range(1, 11)), 200, "tokens") is None  # 5%: the scale settling
+    message = skipped_warning("Stage 1", list(range(1, 12)), 200, "tokens")
+    assert message and "11 of 200 steps (1, 2, 3, 4, 5, 6, 7, 8, ...)" in message and "189 of the 200" in message
+    assert "bfloat16" in message
+
+
+def test_resume_compares_only_settings_both_runs_record():
+    """A file that recorded guidance (FLUX.1-schnell before guidance was recorded only where read) resumed by a run
+    that does not record it is not warned about; two recorded values that differ are."""
+    import json
+    from comfyui_conceptprism.prism_core.resume import check_resume
+    images = {"names": ["a"], "resolution": 64, "pixels_sha256": ["x"]}
+    run = {"seed": 0, "gradient_accumulation": 1, "learning_rate": 1e-4, "weight_decay": 1e-4, "max_grad_norm": 1.0,
+           "training_dtype": "float32", "guidance": 3.5, "first_step": 1, "last_step": 2}
+    metadata = {"conceptprism.tokens": json.dumps({"sha256": "t"}), "conceptprism.images": json.dumps(images),
+                "conceptprism.runs": json.dumps([run])}
+    settings = {k: v for k, v in run.items() if k not in ("guidance", "first_step", "last_step")}
+    assert check_resume(metadata, "f", "t", images, settings) == []
+    assert "guidance 1.0 (was 3.5)" in check_resume(metadata, "f", "t", images, {**settings, "guidance": 1.0})[0]

@@ -69,8 +69,12 @@ def test_registry_metadata():
     assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
     assert "Operating System :: OS Independent" in project["classifiers"]
     assert any(c.startswith("Environment :: GPU :: ") for c in project["classifiers"])
-    assert comfy["requires-comfyui"] == ">=0.3.64"  # the oldest release the README says is tested
-    assert "Tested with ComfyUI v0.3.64" in (ROOT / "README.md").read_text()
+    # requires-comfyui is the oldest release CI runs (the last line of .ci/hosts), and the README names it.
+    releases = [line.split()[0] for line in (ROOT / ".ci" / "hosts").read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert comfy["requires-comfyui"] == f">={releases[-1]}", (comfy["requires-comfyui"], releases)
+    tested = re.search(r"\*\*Tested with ComfyUI ([^*]+)\*\*", " ".join((ROOT / "README.md").read_text().split()))
+    assert tested and all(r in tested.group(1) for r in releases), (tested, releases)
     assert comfy.get("Icon", "x") != "", "an empty Icon is worse than none"
     # The README's install lines, the harness's install folder and the template category use the id.
     readme = (ROOT / "README.md").read_text()

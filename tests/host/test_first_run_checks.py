@@ -96,9 +96,17 @@ def test_an_absolute_folder_and_an_empty_one(host, tmp_path):
 
 def test_a_file_the_loader_would_refuse_is_named(host):
     folder = write_images(host / "mixed", 3)
-    (folder / "notes.docx").write_text("not an image")
+    (folder / "IMG_0004.HEIC").write_bytes(b"\x00" * 16)
     line = validate(first_run_graph("mixed"))["2"][0]
-    assert "notes.docx" in line, line
+    assert "'IMG_0004.HEIC' is HEIC/HEIF" in line and "Most Compatible" in line, line
+
+
+def test_notes_metadata_and_trainer_caches_beside_the_images_pass_the_check(host):
+    """kohya, ai-toolkit and ComfyUI's dataset loaders skip these; before, Run was refused naming notes.md."""
+    folder = write_images(host / "kohya", 3)
+    for name in ["notes.md", "metadata.json", "00_0064x0064_sd.npz", "00.caption", "desktop.ini", "Thumbs.db"]:
+        (folder / name).write_text("x")
+    assert "2" not in validate(first_run_graph("kohya"))
 
 
 @pytest.mark.parametrize("concept_class", ["ConceptPrismLoadConceptSet", "PrismTestListConceptSet"])

@@ -175,3 +175,32 @@ def test_auto_precision_follows_the_hosts_choice_for_the_device(monkeypatch):
         monkeypatch.setattr(mm, "should_use_fp16", lambda *a, **k: fp16)
         monkeypatch.setattr(mm, "should_use_bf16", lambda *a, **k: bf16)
         assert compute_dtype("auto", cuda) == want
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["flux", "flux-schnell"])
+def test_auto_precision_follows_the_dtypes_the_host_allows_for_the_model(family, tiny, monkeypatch):
+    """auto walks the host's allowed compute dtypes for this model in the host's order (its model config's
+    supported_inference_dtypes, as comfy.model_management.unet_dtype does): on a card with float16 and bfloat16,
+    SD models train in float16 (listed first by the host's BASE config) and FLUX.1 in bfloat16, as ComfyUI samples
+    it (its Flux config lists bfloat16 first); without bfloat16, both in float16; without either, float32. The
+    host's own should_use_fp16/should_use_bf16 stand in for a CUDA device: yes for cuda:0 only."""
+    import comfy.model_management as mm
+    from comfyui_conceptprism.prism_core.host.diffusion import compute_dtype
+    on_gpu = tiny(family).model.clone()  # a clone: the fixture's patcher keeps its CPU load device
+    on_gpu.load_device = torch.device("cuda", 0)
+    flux = family.startswith("flux")
+    asked: list[torch.device] = []
+    for fp16, bf16, want in ((True, True, torch.bfloat16 if flux else torch.float16),
+                             (True, False, torch.float16), (False, True, torch.bfloat16), (False, False, torch.float32)):
+        def host_says(answer: bool):
+            def should_use(device=None, *args, **kwargs) -> bool:
+                asked.append(device)
+                return answer and device is not None and device.type == "cuda"
+            return should_use
+        monkeypatch.setattr(mm, "should_use_fp16", host_says(fp16))
+        monkeypatch.setattr(mm, "should_use_bf16", host_says(bf16))
+        assert compute_dtype("auto", on_gpu) == want, (fp16, bf16)
+        assert compute_dtype("float32", on_gpu) == torch.float32  # an explicit choice is never overridden
+    assert asked and set(asked) == {torch.device("cuda", 0)}  # the model's load device was what the host was asked
+    # The CPU stays float32 (reduced precision is slower there), whatever the model allows.
+    assert compute_dtype("auto", tiny(family).model) == torch.float32

@@ -1,9 +1,13 @@
 """What users feed the pack, through the host's executor: prompt words from odd names, list outputs of other
-nodes, resuming the wrong LoRA, and non-finite pixels or latents."""
+nodes, resuming the wrong LoRA, non-finite pixels or latents, and concept folders and batches as users have them
+(copies, huge photos, notes and trainer caches beside the images)."""
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -234,3 +238,81 @@ def test_stage2_names_the_image_whose_latents_overflowed(tiny):
                                **{**args, "steps": 1})
     assert "'c.png' (image 3 of 3)" in str(ei.value) and "--fp32-vae" in str(ei.value)
     assert "Lower learning_rate" not in str(ei.value)
+
+
+# ---------------------------------------------------------------- 5. concept-set inputs as users have them
+
+
+class _NodeText:
+    """Stands in for PromptServer.instance: records the text the pack shows on nodes."""
+    def __init__(self):
+        self.texts = []
+
+    def send_progress_text(self, text, node_id, sid=None):
+        self.texts.append((str(node_id), text))
+
+
+@pytest.fixture
+def node_text(monkeypatch):
+    """The host's `server` module as the pack's on-node text sees it (`from server import PromptServer`), with an
+    instance that records. A stand-in module: importing ComfyUI's server needs main.py's import path set-up."""
+    recorder = _NodeText()
+    module = types.ModuleType("server")
+    module.PromptServer = type("PromptServer", (), {"instance": recorder})
+    monkeypatch.setitem(sys.modules, "server", module)
+    return recorder
+
+
+def test_a_kohya_style_folder_with_a_copy_and_a_huge_photo_trains_and_names_the_copy_first(tiny, tmp_path, caplog,
+                                                                                          monkeypatch, node_text):
+    """Notes, metadata and kohya caches beside the images are skipped with a console line (OS debris silently),
+    kohya's .caption is read, a photo past Pillow's size limit loads downscaled (the limit stays), and the
+    byte-identical copy is named in a warning, in the console and on the node, before Stage 1's first step."""
+    register_test_nodes(tiny)
+    folder = write_images(tmp_path / "concept", 3)
+    shutil.copyfile(folder / "00.png", folder / "03.png")
+    (folder / "01.caption").write_text("a red block on a table")
+    for name in ["notes.md", "metadata.json", "00_0064x0064_sd.npz", "desktop.ini", "Thumbs.db"]:
+        (folder / name).write_text("x")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 12000)  # Image.open refuses over 24,000 px, as over 179 MP by default
+    Image.new("RGB", (200, 150), (10, 200, 30)).save(folder / "04.png")
+    graph = _resume_graph(folder, stage1_seed=0)
+    del graph["4"], graph["5"]
+    graph["6"] = {"class_type": "PrismTestCapture", "inputs": {"tokens": ["3", 0]}}
+    graph["7"] = {"class_type": "PrismTestCapture", "inputs": {"concept_set": ["2", 0]}}
+    CAPTURED.clear()
+    with caplog.at_level(logging.INFO):
+        executor, server = run_graph(graph)
+    assert executor.success, server.messages
+    concept = CAPTURED_BY["7"]
+    assert concept.names == ("00.png", "01.png", "02.png", "03.png", "04.png") and Image.MAX_IMAGE_PIXELS == 12000
+    assert concept.captions[1] == "a red block on a table"
+    records = [r.getMessage() for r in caplog.records]
+    warning = next(i for i, m in enumerate(records) if "same picture" in m)
+    assert "'00.png' (image 1 of 5), '03.png' (image 4 of 5)" in records[warning] and "Remove the copy" in records[warning]
+    first_step = next(i for i, m in enumerate(records) if "step 1/" in m)
+    assert warning < first_step, records
+    skipped = next(m for m in records if "skipped" in m)
+    assert "00_0064x0064_sd.npz, metadata.json, notes.md" in skipped and "desktop.ini" not in skipped
+    assert "Thumbs.db" not in caplog.text
+    shown = [text for node, text in node_text.texts if node == "2"]
+    assert len(shown) == 1 and "'03.png' (image 4 of 5)" in shown[0] and "same picture" in shown[0]
+
+
+def test_one_image_twice_in_a_batch_is_named_by_index_on_the_node(tiny, caplog, node_text):
+    register_test_nodes(tiny)
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 80, "height": 72, "batch_size": 1, "color": 0xC81E28}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 80, "height": 72, "batch_size": 1, "color": 0x1E28C8}},
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "4": {"class_type": "ImageBatch", "inputs": {"image1": ["3", 0], "image2": ["1", 0]}},
+        "5": {"class_type": "ConceptPrismLoadConceptSet", "inputs": {
+            "folder": "", "resolution": RES, "captions": "", "images": ["4", 0]}},
+        "6": {"class_type": "PrismTestCapture", "inputs": {"concept_set": ["5", 0]}},
+    }
+    with caplog.at_level(logging.WARNING):
+        executor, server = run_graph(graph)
+    assert executor.success, server.messages
+    expected = "'image_00' (image 1 of 3), 'image_02' (image 3 of 3) from images input are the same picture"
+    assert expected in caplog.text and "'image_01'" not in caplog.text
+    assert [node for node, text in node_text.texts if expected in text] == ["5"]

@@ -30,7 +30,7 @@ from host_setup import PACK_ROOT, find_host, require_host, skip_or_fail
 
 require_host()
 
-from frontend.browser import FrontendBrowser, LoadReport, missing_tools  # noqa: E402
+from frontend.browser import FrontendBrowser, LoadReport, is_external, missing_tools  # noqa: E402
 from frontend.prompt_run import RunResult, family_for, run_prompt, substitute  # noqa: E402
 from frontend.server import (PACK_FOLDER, TEST_LOADER, TEST_NODE_FOLDER, TEST_PART_LOADERS, TEST_VISION_LOADER, ComfyServer,  # noqa: E402
                              make_base_directory)
@@ -216,6 +216,10 @@ class Frontend:
               f"{[e.splitlines()[0] for e in startup['pageErrors']]}")
         for line in report.problems():
             print(f"[{name}] PROBLEM {line}")
+        for line in report.blocked_lookups():
+            print(f"[{name}] blocked network lookup (no network here; not counted): {line}")
+        for line in report.missing_models():
+            print(f"[{name}] missing model files (tiny models replace them; not counted): {line}")
         return report
 
     def post_from_page(self, prompt: dict, workflow: dict | None) -> tuple[int, dict]:
@@ -297,7 +301,11 @@ def shown_names(frontend: Frontend, prompt: dict, result: RunResult, stem: str) 
     for preview_id, save_id in previews.items():
         save_class = prompt[save_id]["class_type"]
         reported = result.outputs[save_id]["text"][0]
-        value = shown[preview_id]["widgets"]["preview"]
+        # Preview Any's text widget: "preview" up to about frontend 1.3x, "preview_text" (beside a
+        # "preview_mode" toggle) in later ones.
+        widgets = shown[preview_id]["widgets"]
+        value = next((widgets[name] for name in ("preview", "preview_text") if name in widgets), None)
+        assert value is not None, f"{shown[preview_id]['title']} has no preview text widget: {sorted(widgets)}"
         print(f"[{stem}] node {preview_id} '{shown[preview_id]['title']}' shows {value!r} ({save_class} reported {reported!r})")
         assert value == reported, f"{shown[preview_id]['title']} shows {value!r}, {save_class} reported {reported!r}"
         folder, file_of = SAVE_NODES[save_class]
@@ -341,9 +349,22 @@ def test_a_first_run_names_everything_missing_at_once(frontend: Frontend):
     answer = frontend.browser.run()  # what the Run button does
     print(f"[first run] queued: {answer['queued']}; shown: {answer['ui']}")
     frontend.browser.frame(SCREENSHOTS / "first run - what Run shows.png", [checkpoint_id, concept_id], viewport=(1600, 1000))
+    # Frontends up to 1.3x show a dialog with the server's messages: it must name both problems, the folder's
+    # full path included. Frontends with the "N errors found" card (1.4x) list each failing input there (node
+    # title and input name) and keep the server's messages for the node badges and the panel
+    # (app.lastNodeErrors): the card must name both inputs and the kept messages the path.
     dialogs = " ".join(m["text"] for m in answer["ui"] if m["kind"] == "dialog")
-    assert "ckpt_name" in dialogs and "v1-5-pruned-emaonly.safetensors" in dialogs, dialogs
-    assert str(frontend.server.base / "input" / folder) in dialogs and "does not exist" in dialogs, dialogs
+    cards = " ".join(" ".join([m["text"], *(g["text"] for g in m.get("groups") or [])])
+                     for m in answer["ui"] if m["kind"] == "overlay")
+    missing_folder = str(frontend.server.base / "input" / folder)
+    if dialogs:
+        assert "ckpt_name" in dialogs and "v1-5-pruned-emaonly.safetensors" in dialogs, dialogs
+        assert missing_folder in dialogs and "does not exist" in dialogs, dialogs
+    else:
+        assert "ckpt_name" in cards and "Load Concept Set" in cards and "folder" in cards, (cards, answer["ui"])
+        kept = answer["nodeErrors"] or ""
+        assert "v1-5-pruned-emaonly.safetensors" in kept and missing_folder.replace("\\", "\\\\") in kept, kept
+        assert "does not exist" in kept, kept
     assert not (frontend.server.base / "input" / folder).exists()
 
 
@@ -363,9 +384,69 @@ def test_stock_workflow_loads_cleanly_and_runs_on_tiny_models(frontend: Frontend
 def test_unknown_node_type_fails_the_load_check(frontend: Frontend):
     report = frontend.load("unknown_node", workflow=json.loads((FIXTURES / "unknown_node.json").read_text()))
     assert report.unknown_nodes == [{"id": 10, "type": "PrismTestNoSuchNode"}]
-    # The frontend's own "Some Nodes Are Missing" dialog names it too.
-    assert any(m["kind"] == "dialog" and "PrismTestNoSuchNode" in m["text"] for m in report.ui), report.ui
+    # The frontend's own "Some Nodes Are Missing" dialog names it too, or, on frontends that show an
+    # "N errors found" card instead (1.4x), the missing-node group of that card's details.
+    assert (any(m["kind"] == "dialog" and "PrismTestNoSuchNode" in m["text"] for m in report.ui)
+            or any(g["kind"] == "missing-node" and "PrismTestNoSuchNode" in g["text"]
+                   for m in report.ui if m["kind"] == "overlay" for g in m["groups"] or [])), report.ui
     with pytest.raises(AssertionError, match="missing node type 'PrismTestNoSuchNode'"):
+        assert_loads_cleanly(report)
+
+
+def _report(**fields) -> LoadReport:
+    empty = dict(name="synthetic", startup={"consoleErrors": [], "pageErrors": [], "ui": []}, ui=[], unknown_nodes=[],
+                 console_errors=[], page_errors=[], screenshot_errors=[], native_dialogs=[], failed_requests=[],
+                 prompt={}, workflow={}, prompt_error=None, screenshot=None, times_ms={})
+    return LoadReport(**{**empty, **fields})
+
+
+def test_only_blocked_lookups_to_other_hosts_are_set_apart():
+    """What the sandbox blocks (requests off this machine) is listed apart; every other error still fails."""
+    local = "http://127.0.0.1:8188"
+    blocked = [
+        {"text": "Connecting to 'https://api.comfy.org/comfy-nodes/X/node' violates the following Content Security "
+                 "Policy directive: \"connect-src 'self'\". The action has been blocked.", "url": f"{local}/assets/a.js"},
+        {"text": "Refused to connect to 'https://api.comfy.org/nodes?node_id=comfy-core' because it violates the "
+                 "following Content Security Policy directive: \"connect-src 'self'\".", "url": f"{local}/assets/a.js"},
+        {"text": "Fetch API cannot load https://huggingface.co/m.safetensors. Refused to connect because it violates "
+                 "the document's Content Security Policy.", "url": f"{local}/assets/b.js"},
+        {"text": "Failed to load resource: net::ERR_NAME_NOT_RESOLVED", "url": "https://api.comfy.org/nodes"},
+    ]
+    real = [
+        # the same refusal for the server's own origin, or a loopback name, is not a lookup elsewhere
+        {"text": f"Connecting to '{local}/api/x' violates the following Content Security Policy directive: "
+                 "\"connect-src 'self'\". The action has been blocked.", "url": f"{local}/assets/a.js"},
+        {"text": "Failed to load resource: the server responded with a status of 404 (Not Found)",
+         "url": f"{local}/api/view?type=input&filename=missing.png"},
+        {"text": "Failed to load resource: net::ERR_CONNECTION_REFUSED", "url": "http://localhost:9/x"},
+        # an error that only mentions another host is the frontend's own error, not a blocked request
+        {"text": "Failed to fetch https://api.comfy.org/nodes: TypeError: Failed to fetch", "url": f"{local}/assets/a.js"},
+        {"text": "TypeError: Cannot read properties of undefined (reading 'widgets')", "url": f"{local}/assets/a.js"},
+    ]
+    report = _report(console_errors=blocked + real, page_errors=["Error: https://api.comfy.org is down\n    at x"],
+                     failed_requests=[{"url": "https://api.comfy.org/nodes", "failure": "csp"},
+                                      {"url": f"{local}/api/view?type=input&filename=missing.png", "failure": "HTTP 404"}])
+    assert [is_external(u) for u in ("https://api.comfy.org/x", "https://10.0.0.1/", local, "http://[::1]:80/",
+                                     "http://localhost/", "data:text/plain,x")] == [True, True, False, False, False, False]
+    assert report.blocked_lookups() == [f"console: {e['text']}" for e in blocked] + ["request https://api.comfy.org/nodes: csp"]
+    assert report.problems() == [f"console error: {e['text']}" for e in real] + ["page error: Error: https://api.comfy.org is down\n    at x"]
+    with pytest.raises(AssertionError, match="did not load cleanly"):
+        assert_loads_cleanly(report)
+    assert_loads_cleanly(_report(console_errors=blocked, failed_requests=[{"url": "https://api.comfy.org/x", "failure": "csp"}]))
+
+
+def test_a_broken_workflow_fails_the_load_check_beside_blocked_lookups(frontend: Frontend):
+    """A really broken workflow in the real frontend: its Load Image names a file the server does not have
+    (the frontend's request for it fails: a local console error) and a node type nobody registered (which
+    frontends from about 1.32 look up at api.comfy.org: a blocked lookup). Only the lookup is set apart."""
+    report = frontend.load("broken_beside_lookups",
+                           workflow=json.loads((FIXTURES / "broken_beside_lookups.json").read_text()))
+    problems = report.problems()
+    missing_image = [p for p in problems if p.startswith("console error: Failed to load resource")]
+    assert missing_image and any("prism_test_no_such_image.png" in r["url"] for r in report.failed_requests), problems
+    assert "missing node type 'PrismTestNoSuchNode' (node 2)" in problems
+    assert all("api.comfy.org" not in line for line in problems), problems
+    with pytest.raises(AssertionError, match="Failed to load resource"):
         assert_loads_cleanly(report)
 
 

@@ -82,12 +82,42 @@ async function loadInPage({ name, workflow, template }) {
   return since;
 }
 
-// In the page: nodes whose type the frontend does not know (it draws them red, as placeholders).
+// In the page: frontends from about 1.4x no longer open a dialog for missing nodes or models: an
+// "N errors found" card (data-testid error-overlay) shows instead, and its "View details" opens the
+// side panel's errors tab, one group per kind of error (data-testid error-group-<kind>: missing-node,
+// missing-model, ...). If the card is up now, read it and those groups, as a user would, then close
+// the panel again. null where the frontend has no such card, or it is not shown.
+async function errorOverlay() {
+  const card = document.querySelector("[data-testid=error-overlay]");
+  if (!card || !card.offsetParent) return null;
+  const clean = (el) => (el.innerText || el.textContent || "").trim().replace(/\s+/g, " ").slice(0, 2000);
+  const text = clean(card);
+  const button = card.querySelector("[data-testid=error-overlay-see-errors]");
+  let groups = null;
+  if (button) {
+    button.click();
+    for (let i = 0; i < 50 && !document.querySelector("[data-testid^=error-group-]"); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    groups = [...document.querySelectorAll("[data-testid^=error-group-]")]
+      .filter((el) => el.getAttribute("data-testid") !== "error-group-display-message")
+      .map((el) => ({ kind: el.getAttribute("data-testid").slice("error-group-".length), text: clean(el) }));
+    document.querySelector("button[aria-label='Toggle properties panel']")?.click();
+  }
+  return { kind: "overlay", severity: "error", text, groups };
+}
+
+// In the page: nodes whose type the frontend does not know (it draws them red, as placeholders): an
+// unregistered type, or a placeholder standing in for a registered one (its class is not the type's).
+// Not `has_errors` alone: frontends up to about 1.3x set it only on placeholders, but later ones (1.49)
+// set it on any node with an error (a missing model file, say) and clear it on placeholders.
+// Ids as the workflow file has them: later frontends keep node ids as strings ("10" for 10).
 function unknownNodes() {
   const registered = window.LiteGraph.registered_node_types;
   const graphs = [window.app.graph, ...(window.app.graph.subgraphs?.values?.() ?? [])];
-  return graphs.flatMap((g) => g.nodes.filter((n) => n.has_errors || !(n.type in registered))
-    .map((n) => ({ id: n.id, type: n.type })));
+  const fileId = (id) => (typeof id === "string" && /^-?\d+$/.test(id) ? Number(id) : id);
+  return graphs.flatMap((g) => g.nodes.filter((n) => !(n.type in registered) || !(n instanceof registered[n.type]))
+    .map((n) => ({ id: fileId(n.id), type: n.type })));
 }
 
 // In the page: keep the execution messages the app receives (the page's own client id gets them).
@@ -204,6 +234,8 @@ async function load(context, command) {
     await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
     await page.waitForTimeout(config.settleMs);
     const ui = await page.evaluate(uiMessages, since);
+    const overlay = await page.evaluate(errorOverlay);
+    if (overlay) ui.push(overlay);
     const unknown = await page.evaluate(unknownNodes);
     let prompt = null;
     let promptError = null;
@@ -238,10 +270,23 @@ const onPage = {
   queue: (page, c) => page.evaluate(queueFromPage, { prompt: c.prompt, workflow: c.workflow }),
   async run(page) {
     const since = await page.evaluate(() => performance.now());
+    const cardText = () => document.querySelector("[data-testid=error-overlay]")?.innerText ?? null;
+    const before = await page.evaluate(cardText);
     const queued = await page.evaluate(() => window.app.queuePrompt(0));
     await page.evaluate(nextFrame);
     await page.waitForTimeout(config.settleMs);
-    return { queued, ui: await page.evaluate(uiMessages, since) };
+    // Frontends with the error card (see errorOverlay) show the server's answer there, once it came:
+    // wait (a while) for a toast or dialog, or for the card to appear or change.
+    await page.waitForFunction(([t, b]) => window.__prismHarness.events.some((e) => e.t >= t)
+                               || (document.querySelector("[data-testid=error-overlay]")?.innerText ?? null) !== b,
+                               [since, before], { timeout: 10000, polling: 100 }).catch(() => {});
+    await page.waitForTimeout(300);
+    const ui = await page.evaluate(uiMessages, since);
+    const overlay = await page.evaluate(errorOverlay);
+    if (overlay && overlay.text !== (before ?? "").trim().replace(/\s+/g, " ").slice(0, 2000)) ui.push(overlay);
+    // The server's validation errors as the frontend keeps them for its node badges and error panel.
+    const nodeErrors = await page.evaluate(() => JSON.stringify(window.app.lastNodeErrors ?? null));
+    return { queued, ui, nodeErrors };
   },
   async wait(page, c) {
     const ended = (id) => window.__prismHarness.execution.some((e) => e.detail?.prompt_id === id
