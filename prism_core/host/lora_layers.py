@@ -154,30 +154,54 @@ class RowSliceLoras(torch.nn.Module):
         return torch.cat(pieces)
 
     def move_to(self, device: torch.device) -> int:
-        """Move the adapters to `device`; returns the bytes they hold there.
+        """Move the adapters to `device` with the weights they patch (see `move_trainable`)."""
+        return move_trainable(self, device)
 
-        The host's loader moves the weight functions it finds on a module with their ``move_to`` (the feature
-        ``comfy.model_patcher.move_weight_functions`` looks for, as the host's own trainable adapters,
-        ``WeightAdapterTrainBase``, have it) whenever it moves the weights: to the GPU on load, to the offload
-        device on unload. Without it these adapters would stay on the CPU while the fused weight they patch is
-        on the GPU, and the first forward fails with tensors on two devices. ``Module.to`` swaps each
-        Parameter's data and keeps the Parameter objects, so an optimizer holding them keeps training them.
-        Dtype: the adapters stay float32 and each adapter returns the dtype of the slice it is given (the
-        host's compute dtype), so a compute-dtype change needs no move."""
-        self.to(device=device)
-        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+class WholeWeightLora(torch.nn.Module):
+    """The weight function for a LoRA on a whole weight: the host's adapter (``LoraDiff``: W + alpha/rank *
+    up @ down, out of place), moved with `move_trainable` rather than the adapter's own ``move_to``."""
+
+    def __init__(self, adapter: LoraDiff) -> None:
+        super().__init__()
+        self.adapter = adapter
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        return self.adapter(w)
+
+    def move_to(self, device: torch.device) -> int:
+        """Move the adapter to `device` with the weight it patches (see `move_trainable`)."""
+        return move_trainable(self, device)
+
+
+def move_trainable(module: torch.nn.Module, device: torch.device) -> int:
+    """Move a trainable weight function's parameters to `device`; returns the bytes they hold there.
+
+    The host's loader moves the weight functions it finds on a module with their ``move_to`` (the feature
+    ``comfy.model_patcher.move_weight_functions`` looks for, as the host's own trainable adapters,
+    ``WeightAdapterTrainBase``, have it) whenever it moves the weights: to the GPU on load, to the offload
+    device on unload. Without it the adapters would stay on the CPU while the weight they patch is on the GPU,
+    and the first forward fails with tensors on two devices. The host loads and unloads in inference mode (the
+    executor's, and the pack's `training_guard.load_as_executor`), where a move would give the parameters
+    inference tensors that autograd cannot train; so the move runs with inference mode off. ``Module.to`` swaps
+    each Parameter's data and keeps the Parameter objects between CPU and CUDA, so an optimizer holding them
+    keeps training them. Dtype: the adapters stay float32 and return the dtype of the weight they are given
+    (the host's compute dtype), so a compute-dtype change needs no move."""
+    with torch.inference_mode(False):
+        module.to(device=device)
+    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 def weight_wrappers(model: Any, adapters: dict[str, LoraDiff]) -> dict[str, Any]:
     """{host weight key: weight function} putting `adapters` ({target key: adapter}) on a training clone:
-    the adapter itself for a whole weight, a RowSliceLoras for the slices of one fused weight."""
+    a WholeWeightLora for a whole weight, a RowSliceLoras for the slices of one fused weight."""
     targets = lora_targets(model)
     whole: dict[str, Any] = {}
     sliced: dict[str, list] = {}
     for key, adapter in adapters.items():
         target = targets[key]
         if target.rows is None:
-            whole[target.weight_key] = adapter
+            whole[target.weight_key] = WholeWeightLora(adapter)
         else:
             sliced.setdefault(target.weight_key, []).append((target.rows, adapter))
     return {**whole, **{key: RowSliceLoras(slices) for key, slices in sliced.items()}}

@@ -111,7 +111,11 @@ def test_stage2_lora_adapters_follow_the_hosts_load(family, stand_in_device):
             # (Not the Parameter objects from before: Module.to keeps them between CPU and CUDA, but a move to
             # meta has to make new ones, torch._has_compatible_shallow_copy_type being False there.)
             assert {p.device for p in lora_layers.adapter_parameters(adapters)} == {STAND_IN}
-    wrapped = counts.get("RowSliceLoras", 0) if family == "flux" else counts.get("LoraDiff", 0)
+            # ... and stay trainable: the host loads in inference mode, where a move gives inference tensors
+            assert not any(p.is_inference() for p in lora_layers.adapter_parameters(adapters))
+            # ... and stay trainable: moved in the executor's inference mode they would hold inference tensors
+            assert not any(p.is_inference() for p in lora_layers.adapter_parameters(adapters))
+    wrapped = counts.get("RowSliceLoras", 0) if family == "flux" else counts.get("WholeWeightLora", 0)
     expected_sliced = {"flux": 3}.get(family, 0)  # double block img/txt qkv, single block linear1
     assert wrapped == (expected_sliced if family == "flux" else len(adapters)), counts
 
