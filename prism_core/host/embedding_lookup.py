@@ -29,7 +29,7 @@ HOST_LOOKUP = "comfy.sd1_clip.load_embed"
 _active = threading.local()
 _install_lock = threading.RLock()
 _install_depth = 0
-_host_load_embed: Callable[..., Any] | None = None
+_host_load_embed: Callable[..., Any] = comfy.sd1_clip.load_embed
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,6 @@ def _load_embed(embedding_name: str, embedding_directory: Any, embedding_size: A
     slots: dict[str, dict[str, int]] | None = getattr(_active, "slots", None)
     if slots is not None and embedding_name in slots and embed_key in slots[embedding_name]:
         return SlotRows(embed_key, embedding_name, slots[embedding_name][embed_key])
-    assert _host_load_embed is not None
     return _host_load_embed(embedding_name, embedding_directory, embedding_size, embed_key, *args, **kwargs)
 
 
@@ -68,7 +67,7 @@ def slot_lookup(slot_lengths: dict[str, dict[str, int]]) -> Iterator[None]:
     ``load_embed`` when the last active lookup ends, also on error."""
     global _install_depth, _host_load_embed
     with _install_lock:
-        if _install_depth == 0:
+        if _install_depth == 0 and comfy.sd1_clip.load_embed is not _load_embed:
             _host_load_embed = comfy.sd1_clip.load_embed
             comfy.sd1_clip.load_embed = _load_embed
         _install_depth += 1
@@ -80,6 +79,7 @@ def slot_lookup(slot_lengths: dict[str, dict[str, int]]) -> Iterator[None]:
         _active.slots = previous
         with _install_lock:
             _install_depth -= 1
-            if _install_depth == 0:
+            # Put the host's function back only where ours still stands (something else may have replaced it
+            # meanwhile); _host_load_embed is kept, for a thread that looked ours up before this and calls it now.
+            if _install_depth == 0 and comfy.sd1_clip.load_embed is _load_embed:
                 comfy.sd1_clip.load_embed = _host_load_embed
-                _host_load_embed = None
