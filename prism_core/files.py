@@ -40,8 +40,8 @@ def unwritable_reason(directory: Path) -> str | None:
     `directory` need not exist yet (a save creates its missing folders), so the check is made on the deepest
     part of it that does exist: that must be a folder (a file or a dangling link there makes every save below
     it fail) in which a file can be created. It is tried, not inferred from permission bits: `os.access` says
-    yes to root whatever the mode, and on Windows ignores folder ACLs, while a read-only mount, a full quota
-    or a network share refuses only the write itself. The probe is a temporary file, made the way
+    yes to root whatever the mode, and on Windows ignores folder ACLs, while a read-only mount or a network
+    share refuses only the write itself. (A full disk or quota is not found this way: an empty file still fits.) The probe is a temporary file, made the way
     `save_new_safetensors` makes its own and deleted at once; nothing is left behind, no folder is created.
     """
     existing = Path(directory)
@@ -68,7 +68,10 @@ def save_new_safetensors(
 
     The file is written to a temporary name in the same folder and then hard-linked to the final
     name, which fails if that name exists: an existing file is never overwritten (even by a
-    concurrent writer) and an interrupted write leaves no file under the final name.
+    concurrent writer) and an interrupted write leaves no file under the final name. File systems
+    without hard links (FAT32/exFAT drives, some network and cloud-synced folders) refuse the link;
+    there the final name is reserved by an exclusive create and the finished file renamed over that
+    reservation (atomic on one file system), which keeps both promises.
     """
     directory, stem = split_prefix(Path(root), prefix)
     directory.mkdir(parents=True, exist_ok=True)
@@ -85,8 +88,17 @@ def save_new_safetensors(
                 return final
             except FileExistsError:
                 counter += 1
+            except OSError:  # no hard links here: reserve the name, then rename over the reservation
+                try:
+                    os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    counter += 1
+                    continue
+                os.replace(temporary, final)
+                return final
     finally:
-        os.unlink(temporary)
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -47,6 +47,22 @@ def test_counter_never_overwrites_and_leaves_no_temporary_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x_00001_.safetensors", "x_00007_.safetensors", "x_00008_.safetensors"]
 
 
+def test_folders_without_hard_links_save_without_overwriting(tmp_path, monkeypatch):
+    """FAT32/exFAT drives and some network folders refuse os.link (EPERM / ENOTSUP): the save reserves the
+    name exclusively and renames over it, still never overwriting and leaving no temporary file."""
+    def no_hard_links(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(files.os, "link", no_hard_links)
+    (tmp_path / "x_00001_.safetensors").write_bytes(b"user file")
+    (tmp_path / "x_00003_.safetensors").write_bytes(b"another user file")
+    first = files.save_new_safetensors(tmp_path, "x", {"a": torch.ones(2)})
+    second = files.save_new_safetensors(tmp_path, "x", {"a": torch.zeros(2)})
+    assert (first.name, second.name) == ("x_00004_.safetensors", "x_00005_.safetensors")
+    assert torch.equal(safetensors.torch.load_file(first)["a"], torch.ones(2))
+    assert (tmp_path / "x_00001_.safetensors").read_bytes() == b"user file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"x_0000{i}_.safetensors" for i in (1, 3, 4, 5)]
+
+
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise KeyboardInterrupt  # like a Cancel arriving mid-write
