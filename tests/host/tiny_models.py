@@ -176,12 +176,16 @@ def build(family: str, seed: int = 0, embedding_directory: str | None = None, un
 # CLIP vision and DINOv2 as CLIPVisionLoader builds them (comfy.clip_vision.ClipVisionModel from a JSON
 # config), from the host's own configs with small sizes. DINOv2 keeps the host's fixed 518 px input
 # (its position table is built for 37 x 37 patches), so its preprocessing is the real one.
-VISION_CONFIGS = {"clip": "clip_vision_config_h.json", "dinov2": "image_encoders/dino2_large.json"}
+# The host's own config files, the first one this release ships: ComfyUI recognises DINOv2-large from about
+# 0.3.6x on; 0.3.52 ships (and loads) only DINOv2-giant, whose blocks use a SwiGLU feed-forward.
+VISION_CONFIGS = {"clip": ("clip_vision_config_h.json",),
+                  "dinov2": ("image_encoders/dino2_large.json", "image_encoders/dino2_giant.json")}
 
 
 def clip_vision(kind: str, seed: int = 0, projection_dim: int = 1024, config_dir: str | None = None):
     """A tiny ClipVisionModel: kind 'clip' (ViT-H's config, 2 layers of 64, 56 px, projection to
-    `projection_dim`, the text width it pairs with) or 'dinov2' (DINOv2-large's config, 2 layers of 48)."""
+    `projection_dim`, the text width it pairs with) or 'dinov2' (DINOv2-large's config, or giant's where the host
+    has no large, 2 layers of 48)."""
     import json
     import os
     import tempfile
@@ -189,7 +193,8 @@ def clip_vision(kind: str, seed: int = 0, projection_dim: int = 1024, config_dir
     import comfy.clip_vision
 
     host_configs = os.path.dirname(os.path.realpath(comfy.clip_vision.__file__))
-    with open(os.path.join(host_configs, VISION_CONFIGS[kind])) as f:
+    name = next(n for n in VISION_CONFIGS[kind] if os.path.isfile(os.path.join(host_configs, n)))
+    with open(os.path.join(host_configs, name)) as f:
         config = json.load(f)
     if kind == "clip":
         config.update(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2, image_size=56,
