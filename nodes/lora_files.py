@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..prism_core.lora_file import SAVE_DTYPES, save_lora
 from ..prism_core.names import checked_prefix
-from ..prism_core.host.folders import first_folder, save_folder_problem
+from ..prism_core.host.folders import first_folder, refuse_unwritable_folder, validate_save_folder
 from .types import CATEGORY, LORA_MODEL
 
 NODE = "Save Prism LoRA"
@@ -29,17 +29,13 @@ class SavePrismLoRA:
 
     @classmethod
     def VALIDATE_INPUTS(cls, filename_prefix):
-        # When the graph is validated, before any node runs: an unwritable loras folder is refused before
-        # training, not after it. A prefix fed by a link arrives as None; save() checks it.
-        return True if filename_prefix is None else save_folder_problem(NODE, "filename_prefix", "loras", filename_prefix) or True
+        return validate_save_folder(NODE, "filename_prefix", "loras", filename_prefix)
 
     def save(self, lora, filename_prefix: str, save_dtype: str):
         if not hasattr(lora, "metadata"):
             raise ValueError("Save Prism LoRA: this LORA_MODEL did not come from Prism LoRA Train (it has no ConceptPrism "
                              "header). Save it with the host's Save LoRA Weights node instead.")
-        problem = save_folder_problem(NODE, "filename_prefix", "loras", filename_prefix)
-        if problem:
-            raise ValueError(problem)
+        refuse_unwritable_folder(NODE, "filename_prefix", "loras", filename_prefix)
         root = first_folder("loras")
         name = save_lora(lora, root, checked_prefix("filename_prefix", filename_prefix), save_dtype).relative_to(root.resolve()).as_posix()
         return {"ui": {"text": [name]}, "result": (name,)}

@@ -9,7 +9,7 @@ from ..prism_core.config import FLUX_LORA_DEFAULTS, PRESETS, LoraConfig, family_
 from ..prism_core.lora_file import LoraWeights, read_lora, save_lora
 from ..prism_core.names import checked_prefix
 from ..prism_core.host.diffusion import TRAINING_DTYPES
-from ..prism_core.host.folders import first_folder, save_folder_problem
+from ..prism_core.host.folders import first_folder, refuse_unwritable_folder, validate_save_folder
 from ..prism_core.host.runtime import step_reporter
 from ..prism_core.host.stage1 import RunOptions, model_family
 from ..prism_core.host.stage2 import apply_lora, train_concept_lora
@@ -81,7 +81,7 @@ class PrismLoRATrain:
             return f"{NODE}: checkpoint_every is {checkpoint_every}; set it between {low} (off) and {high}."
         if checkpoint_every == 0:
             return True  # no checkpoints: this node writes nothing
-        return save_folder_problem(NODE, "checkpoint_prefix", "loras", checkpoint_prefix) or True
+        return validate_save_folder(NODE, "checkpoint_prefix", "loras", checkpoint_prefix)
 
     def train(self, model, clip, vae, concept_set, tokens, rank, alpha, learning_rate, steps, gradient_accumulation, seed,
               max_batch=4, gradient_checkpointing=False, training_dtype="auto", checkpoint_every=0,
@@ -105,9 +105,7 @@ class PrismLoRATrain:
             resume = read_lora(Path(folder_paths.get_full_path_or_raise("loras", resume_from)), resume_from)
         if checkpoint_every:  # before step 1, not at the first checkpoint (VALIDATE_INPUTS checked widget values already)
             checkpoint_prefix = checked_prefix("checkpoint_prefix", checkpoint_prefix)
-            problem = save_folder_problem(NODE, "checkpoint_prefix", "loras", checkpoint_prefix)
-            if problem:
-                raise ValueError(problem)
+            refuse_unwritable_folder(NODE, "checkpoint_prefix", "loras", checkpoint_prefix)
 
         previews = training_previews("Prism LoRA Train", "Stage 2", clip, vae, concept_set.resolution,
                                      (resume.steps if resume is not None else 0) + config.steps, unique_id, preview_every,

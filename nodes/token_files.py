@@ -8,23 +8,8 @@ import folder_paths
 from ..prism_core.files import save_new_safetensors
 from ..prism_core.names import checked_prefix
 from ..prism_core.token_bank import PrismTokens
-from ..prism_core.host.folders import TOKENS_FOLDER, first_folder, save_folder_problem
+from ..prism_core.host.folders import TOKENS_FOLDER, first_folder, refuse_unwritable_folder, validate_save_folder
 from .types import CATEGORY, PRISM_TOKENS
-
-
-def _checked_folder(node: str, kind: str, filename_prefix: str | None, for_prompt: bool = False) -> bool | str:
-    """VALIDATE_INPUTS of a save node: True, or why its folder cannot be written (with the fix). Run when the graph
-    is validated, before any node runs, so training is not thrown away at the end; a prefix fed by a link arrives
-    as None and is checked when the node saves."""
-    if filename_prefix is None:
-        return True
-    return save_folder_problem(node, "filename_prefix", kind, filename_prefix, for_prompt) or True
-
-
-def _refuse_unwritable(node: str, kind: str, filename_prefix: str, for_prompt: bool = False) -> None:
-    problem = save_folder_problem(node, "filename_prefix", kind, filename_prefix, for_prompt)
-    if problem:
-        raise ValueError(problem)
 
 
 def _name_in(root: Path, path: Path) -> str:
@@ -50,10 +35,10 @@ class SavePrismEmbedding:
 
     @classmethod
     def VALIDATE_INPUTS(cls, filename_prefix):
-        return _checked_folder("Save Prism Embedding", "embeddings", filename_prefix, for_prompt=True)
+        return validate_save_folder("Save Prism Embedding", "filename_prefix", "embeddings", filename_prefix, for_prompt=True)
 
     def save(self, tokens: PrismTokens, filename_prefix: str):
-        _refuse_unwritable("Save Prism Embedding", "embeddings", filename_prefix, for_prompt=True)
+        refuse_unwritable_folder("Save Prism Embedding", "filename_prefix", "embeddings", filename_prefix, for_prompt=True)
         root = first_folder("embeddings")
         prefix = checked_prefix("filename_prefix", filename_prefix, for_prompt=True)
         path = save_new_safetensors(root, prefix, tokens.embedding_tensors(),
@@ -80,10 +65,10 @@ class SavePrismTokens:
 
     @classmethod
     def VALIDATE_INPUTS(cls, filename_prefix):
-        return _checked_folder("Save Prism Tokens", TOKENS_FOLDER, filename_prefix)
+        return validate_save_folder("Save Prism Tokens", "filename_prefix", TOKENS_FOLDER, filename_prefix)
 
     def save(self, tokens: PrismTokens, filename_prefix: str):
-        _refuse_unwritable("Save Prism Tokens", TOKENS_FOLDER, filename_prefix)
+        refuse_unwritable_folder("Save Prism Tokens", "filename_prefix", TOKENS_FOLDER, filename_prefix)
         root = first_folder(TOKENS_FOLDER)
         name = _name_in(root, tokens.save(root, checked_prefix("filename_prefix", filename_prefix)))
         return {"ui": {"text": [name]}, "result": (name,)}

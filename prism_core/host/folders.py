@@ -48,6 +48,23 @@ def save_folder_problem(node: str, input_name: str, kind: str, prefix: str, for_
             f"at a writable one (extra_model_paths.yaml), or change {input_name}.")
 
 
+def validate_save_folder(node: str, input_name: str, kind: str, prefix: str | None,
+                         for_prompt: bool = False) -> bool | str:
+    """A node's VALIDATE_INPUTS answer for the folder `prefix` saves into: True, or `save_folder_problem`'s
+    message. Run when the graph is validated, before any node runs, so training is not thrown away at the end;
+    a prefix fed by a link arrives as None and is checked by `refuse_unwritable_folder` when the node runs."""
+    if prefix is None:
+        return True
+    return save_folder_problem(node, input_name, kind, prefix, for_prompt) or True
+
+
+def refuse_unwritable_folder(node: str, input_name: str, kind: str, prefix: str, for_prompt: bool = False) -> None:
+    """Raise ValueError with `save_folder_problem`'s message when `prefix` cannot be written (before any work)."""
+    problem = save_folder_problem(node, input_name, kind, prefix, for_prompt)
+    if problem:
+        raise ValueError(problem)
+
+
 def resolve_input_folder(folder: str) -> Path:
     """An absolute path as given, or a path relative to ComfyUI's input directory (see `typed_folder`)."""
     path = Path(os.path.expanduser(typed_folder(folder)))
