@@ -1,7 +1,7 @@
 """Prototypes of changes proposed for prism_core.host, applied by the bench only (monkeypatched while a
 backend is entered), so their effect can be measured before anyone edits the pack.
 
-Both replace `prism_core.host.training_guard.with_weight_copies`, which today gives every module that
+Both replace `prism_core.host.internals.training_guard.with_weight_copies`, which today gives every module that
 holds an inference-tensor weight an identity weight wrapper, so that ComfyUI's ops copy that weight
 on every forward (the host copies whenever a wrapper is present):
 
@@ -32,7 +32,7 @@ def _inference_tensors(module: torch.nn.Module):
 
 
 def skip_embeddings(patcher: Any) -> Any:
-    from ..prism_core.host.training_guard import _copy_made_by_host
+    from ..prism_core.host.internals.training_guard import _copy_made_by_host
     clone = patcher.clone()
     for name, module in clone.model.named_modules():
         if not hasattr(module, "weight_function") or isinstance(module, torch.nn.Embedding):

@@ -251,7 +251,8 @@ class PackVariant(Variant):
         self._micro_step_start = lambda: None
 
     def setup(self) -> None:
-        from ..prism_core.host import text, training_guard
+        from ..prism_core.host import text
+        from ..prism_core.host.internals import training_guard
         from ..prism_core.host.stage1 import initial_vectors
         from ..prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents
         config = self.settings.token_config(1)
@@ -375,7 +376,7 @@ class ReferenceVariant(Variant):
         self.models, self.concept, self.latents, self.initial, self.full = bench_models, concept, latents, initial, full
 
     def setup(self) -> None:
-        from ..prism_core.host import out_of_place, training_guard
+        from ..prism_core.host.internals import out_of_place, training_guard
         start = time.perf_counter()
         clip = self.models.clip
         # the host's CLIP layers add residuals in place, which autograd cannot go back through
@@ -465,7 +466,7 @@ class BoundVariant(Variant):
         self.models, self.latents, self.checkpointing = bench_models, latents, checkpointing
 
     def setup(self) -> None:
-        from ..prism_core.host import training_guard
+        from ..prism_core.host.internals import training_guard
         start = time.perf_counter()
         self.unet = self.models.model.model.diffusion_model
         if self.checkpointing:

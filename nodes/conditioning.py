@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..prism_core.token_bank import TARGET_SLOT, residual_slot
 from ..prism_core.host import text
+from ..prism_core.host.internals.contract import TOKENS, require
 from .types import CATEGORY, PRISM_TOKENS
 
 MODES = ["target", "target with residual", "residual only"]
@@ -29,6 +30,7 @@ class PrismConditioning:
         }
 
     def encode(self, clip, tokens, text, placeholder, mode, residual_index):
+        require("Prism Conditioning", TOKENS)
         if not placeholder:
             raise ValueError("PrismConditioning: 'placeholder' is empty; set it to the text that stands for the learned token, e.g. [V].")
         if placeholder not in text:

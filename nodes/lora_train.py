@@ -10,6 +10,7 @@ from ..prism_core.lora_file import LoraWeights, read_lora, save_lora
 from ..prism_core.names import checked_prefix
 from ..prism_core.host.diffusion import TRAINING_DTYPES
 from ..prism_core.host.folders import first_folder, refuse_unwritable_folder, validate_save_folder
+from ..prism_core.host.internals.contract import require, training_uses
 from ..prism_core.host.runtime import step_reporter
 from ..prism_core.host.stage1 import RunOptions, model_family
 from ..prism_core.host.stage2 import apply_lora, train_concept_lora
@@ -88,9 +89,10 @@ class PrismLoRATrain:
               checkpoint_prefix="conceptprism/concept_lora", resume_from=NO_RESUME, preview_every=0,
               preview_prompts="a photo of [V]", preview_steps=12, preview_sampler="euler", preview_scheduler="normal",
               preview_cfg=7.0, preview_seed=0, preset="auto", guidance=3.5, unique_id=None):
+        family = model_family(model)
+        require(NODE, *training_uses(2, family == "flux", gradient_checkpointing))
         config = LoraConfig(rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                             gradient_accumulation=gradient_accumulation, seed=seed, checkpoint_every=checkpoint_every)
-        family = model_family(model)
         flux = family == "flux"
         config = family_preset(config, family, preset)
         label = "Stage 2"

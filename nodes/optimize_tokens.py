@@ -5,8 +5,11 @@ from ..prism_core.config import FLUX_TOKEN_DEFAULTS, PRESETS, TokenConfig, help_
 from ..prism_core.host.runtime import step_reporter
 from ..prism_core.host.stage1 import RunOptions, family_config, learn_tokens, model_family
 from ..prism_core.host.diffusion import TRAINING_DTYPES
+from ..prism_core.host.internals.contract import require, training_uses
 from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews
 from .types import CATEGORY, CONCEPT_SET, PRISM_TOKENS
+
+NODE = "Optimize Prism Tokens"
 
 
 def _tip(name: str) -> str:
@@ -63,6 +66,7 @@ class OptimizePrismTokens:
                  preview_steps=12, preview_sampler="euler", preview_scheduler="normal", preview_cfg=7.0, preview_seed=0,
                  preset="auto", guidance=3.5, flux_clip_l="fixed",
                  unique_id=None):
+        require(NODE, *training_uses(1, model_family(model) == "flux", gradient_checkpointing))
         config = TokenConfig(target_length=target_length, residual_length=residual_length, beta=beta,
                              exclusion_set_size=exclusion_set_size, learning_rate=learning_rate, steps=steps,
                              gradient_accumulation=gradient_accumulation, caption_init=caption_init, seed=seed)

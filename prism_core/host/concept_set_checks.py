@@ -18,12 +18,13 @@ import logging
 from typing import Any
 
 import folder_paths
-from comfy_execution.validation import validate_node_input
 
 from ..concept_folder import list_image_files, skipped_message, too_few_images_message
 from ..concept_set import ConceptSet
 from ..images import ConceptSetError
 from .folders import resolve_input_folder
+from .internals import contract
+from .internals.host_helpers import link_type_matches
 from .runtime import show_text
 
 log = logging.getLogger("ConceptPrism")
@@ -45,7 +46,7 @@ def linked_type_problems(node_class: type, input_types: dict[str, Any]) -> list[
                 for name, spec in node_class.INPUT_TYPES().get(section, {}).items()}
     return [f"'{name}' is connected to a {received} output but takes {declared[name]}: connect an output of that type."
             for name, received in input_types.items()
-            if name in declared and not validate_node_input(received, declared[name])]
+            if name in declared and not link_type_matches(received, declared[name])]
 
 
 def concept_folder_problem(folder: str) -> str | None:
@@ -84,6 +85,9 @@ def validate_load_concept_set(node_class: type, folder: Any, input_types: Any) -
     The folder is checked only when it is a widget value and no IMAGE batch is linked to 'images'
     (which the node then uses instead).
     """
+    changed = contract.problems(contract.LINKS)
+    if changed:
+        return contract.refusal(NODE, changed)
     linked = _one(input_types) or {}
     problems = linked_type_problems(node_class, linked)
     folder = _one(folder)

@@ -12,27 +12,13 @@ import comfy.model_sampling
 
 from ..losses import native_coefficients, native_from_denoised
 from ..schedule import FLOW_SIGMA_LEVELS, flow_sigmas
+from .internals.model_facts import device_computes, supported_dtypes
 
 Cond = dict[str, torch.Tensor]
 
 # training_dtype widget value -> the diffusion model's compute dtype on the training clone, whatever
 # dtype its weights are stored in (float16 on most GPUs). "auto" is resolved per model and device (compute_dtype).
 TRAINING_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# The host's own default order (comfy.supported_models_base.BASE.supported_inference_dtypes), for a model
-# config that does not say.
-_HOST_DEFAULT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def supported_dtypes(model: Any) -> tuple[torch.dtype, ...]:
-    """The compute dtypes the host allows for this MODEL, in the host's order of preference: its model config's
-    ``supported_inference_dtypes`` (SD1.x/SDXL: float16, bfloat16, float32; FLUX.1: bfloat16, float16, float32),
-    which is what ``comfy.model_management.unet_dtype`` / ``unet_manual_cast`` walk when the host picks the
-    dtype it samples the model in. A torch.device (no model at hand) gets the host's default order."""
-    config = getattr(getattr(model, "model", None), "model_config", None)
-    listed = getattr(config, "supported_inference_dtypes", None)
-    return tuple(listed) if listed else _HOST_DEFAULT_DTYPES
 
 
 def compute_dtype(training_dtype: str, model: Any) -> torch.dtype:
@@ -57,15 +43,7 @@ def compute_dtype(training_dtype: str, model: Any) -> torch.dtype:
     device = model if isinstance(model, torch.device) else model.load_device
     if device.type == "cpu":
         return torch.float32
-    mm = comfy.model_management
-    for dtype in supported_dtypes(model):
-        if dtype == torch.float16 and mm.should_use_fp16(device, prioritize_performance=False):
-            return torch.float16
-        if dtype == torch.bfloat16 and mm.should_use_bf16(device, prioritize_performance=False):
-            return torch.bfloat16
-        if dtype == torch.float32:
-            return torch.float32
-    return torch.float32
+    return next((dtype for dtype in supported_dtypes(model) if device_computes(device, dtype)), torch.float32)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

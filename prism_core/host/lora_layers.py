@@ -18,15 +18,15 @@ from typing import Any
 
 import torch
 
-import comfy.lora
 import comfy.model_base
 import comfy.supported_models
-import comfy.utils
-from comfy.weight_adapter import LoRAAdapter
-from comfy.weight_adapter.lora import LoraDiff
 
 from ..lora_file import BaseFamily, layer_tensors
 from .diffusion import is_flux1
+from .internals.lora_adapters import (LoraDiff, adapter_from_file, flux_diffusers_map, lora_key_map, move_trainable,
+                                      new_adapter)
+from .internals.model_facts import reads_guidance
+from .internals.training_guard import uses_host_casts
 
 # Paper Sec. 3.4 / reference: to_q, to_k, to_v, to_out.0 of every UNet self- and cross-attention.
 ATTENTION_PROJECTION = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
@@ -64,7 +64,7 @@ def base_family(model: Any) -> BaseFamily:
     config = model.model.model_config
     v_prediction = model.model.model_type == comfy.model_base.ModelType.V_PREDICTION
     if is_flux1(model):
-        dev = bool(config.unet_config.get("guidance_embed"))
+        dev = reads_guidance(model)
         return BaseFamily("flux1" if dev else "flux1-schnell", False, "flux1",
                           "flux-1-dev/lora" if dev else "flux-1-schnell/lora")
     for config_class, name, kohya, modelspec in _FAMILIES:
@@ -82,7 +82,7 @@ def attention_projections(model: Any) -> list[str]:
     of the linear layers Stage 2 adapts: only attention projections, never convolutions, norms or
     feed-forward layers."""
     names = [name for name, module in model.model.named_modules()
-             if ATTENTION_PROJECTION.search(name) and hasattr(module, "weight_function")
+             if ATTENTION_PROJECTION.search(name) and uses_host_casts(module)
              and isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.ndim == 2]
     if not names:
         raise ValueError("This MODEL has no UNet attention layers (attn1/attn2 to_q, to_k, to_v, to_out.0) to put a LoRA on.")
@@ -96,7 +96,7 @@ def flux_targets(model: Any) -> dict[str, LoraTarget]:
     config = model.model.model_config.unet_config
     weights = dict(model.model.named_parameters())
     targets = {}
-    for diffusers_key, to in comfy.utils.flux_to_diffusers(config, output_prefix="diffusion_model.").items():
+    for diffusers_key, to in flux_diffusers_map(config).items():
         name = diffusers_key[:-len(".weight")] if diffusers_key.endswith(".weight") else None
         if name is None or not FLUX_ATTENTION_PROJECTION.match(name):
             continue
@@ -174,24 +174,6 @@ class WholeWeightLora(torch.nn.Module):
         return move_trainable(self, device)
 
 
-def move_trainable(module: torch.nn.Module, device: torch.device) -> int:
-    """Move a trainable weight function's parameters to `device`; returns the bytes they hold there.
-
-    The host's loader moves the weight functions it finds on a module with their ``move_to`` (the feature
-    ``comfy.model_patcher.move_weight_functions`` looks for, as the host's own trainable adapters,
-    ``WeightAdapterTrainBase``, have it) whenever it moves the weights: to the GPU on load, to the offload
-    device on unload. Without it the adapters would stay on the CPU while the weight they patch is on the GPU,
-    and the first forward fails with tensors on two devices. The host loads and unloads in inference mode (the
-    executor's, and the pack's `training_guard.load_as_executor`), where a move would give the parameters
-    inference tensors that autograd cannot train; so the move runs with inference mode off. ``Module.to`` swaps
-    each Parameter's data and keeps the Parameter objects between CPU and CUDA, so an optimizer holding them
-    keeps training them. Dtype: the adapters stay float32 and return the dtype of the weight they are given
-    (the host's compute dtype), so a compute-dtype change needs no move."""
-    with torch.inference_mode(False):
-        module.to(device=device)
-    return sum(p.numel() * p.element_size() for p in module.parameters())
-
-
 def weight_wrappers(model: Any, adapters: dict[str, LoraDiff]) -> dict[str, Any]:
     """{host weight key: weight function} putting `adapters` ({target key: adapter}) on a training clone:
     a WholeWeightLora for a whole weight, a RowSliceLoras for the slices of one fused weight."""
@@ -212,7 +194,7 @@ def kohya_names(model: Any, family: BaseFamily, layer_names: list[str]) -> dict[
     (lora_unet_down_blocks_0_attentions_0_...) and SDXL layers after the original ones
     (lora_unet_input_blocks_4_1_...); ComfyUI's key map holds both, and we pick the family's."""
     candidates: dict[str, list[str]] = {}
-    for lora_key, weight_key in comfy.lora.model_lora_keys_unet(model.model, {}).items():
+    for lora_key, weight_key in lora_key_map(model).items():
         if lora_key.startswith("lora_unet_"):
             candidates.setdefault(weight_key, []).append(lora_key)
     names = {}
@@ -234,8 +216,7 @@ def new_adapters(model: Any, layer_names: list[str], rank: int, alpha: float, se
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name in layer_names:
-            stand_in = torch.empty(targets[name].shape)  # create_train only reads shape and device
-            adapters[name] = LoRAAdapter.create_train(stand_in, rank=rank, alpha=float(alpha))
+            adapters[name] = new_adapter(targets[name].shape, rank, float(alpha))
     return adapters
 
 
@@ -247,8 +228,7 @@ def adapters_from_file(layer_to_kohya: dict[str, str], tensors: dict[str, torch.
             raise ValueError(f"The LoRA to resume has no weights for {kohya}; it was trained on another model family or layer set. "
                              "Pick a LoRA trained by Prism LoRA Train on this model family, or set resume_from to none.")
         alpha = float(tensors[f"{kohya}.alpha"]) if f"{kohya}.alpha" in tensors else float(tensors[f"{kohya}.lora_down.weight"].shape[0])
-        adapter = LoRAAdapter.load(kohya, tensors, alpha, None, used)
-        adapters[layer] = adapter.to_train().float()
+        adapters[layer] = adapter_from_file(kohya, tensors, alpha, used)
         used.add(f"{kohya}.alpha")
     unused = sorted(set(tensors) - used)
     if unused:

@@ -4,7 +4,7 @@ Every N optimizer steps (prism_core.previews.preview_due) each preview prompt is
 current concept: Stage 1 conditions the incoming MODEL with Prism Conditioning's encoding of the
 current token bank (mode "target"); Stage 2 patches the current adapters into the incoming MODEL as
 LoraLoader patches a saved file (``comfy.sd.load_lora_for_models``, model strength 1). Rendering is
-EmptyLatentImage -> ``common_ksampler`` (KSampler's function: same noise from the seed, sampler,
+EmptyLatentImage -> KSampler (the node's own function: same noise from the seed, sampler,
 scheduler, cfg) -> VAEDecode, with CLIP Text Encode of "" as the negative prompt. So a preview at step
 k is the image a graph of those stock nodes draws from the step-k tokens or checkpoint.
 
@@ -34,7 +34,7 @@ from ..previews import PLACEHOLDER, placeholder_image, preview_due, stamp_step
 from ..token_bank import TARGET_SLOT, PrismTokens
 from . import text
 from .runtime import show_text
-from .training_guard import load_as_executor
+from .internals.training_guard import load_as_executor
 
 log = logging.getLogger("ConceptPrism")
 
@@ -70,10 +70,10 @@ def concept_conditioning(clip: Any, bank: PrismTokens, prompt: str, placeholder:
 
 
 def render(model: Any, vae: Any, positive: Any, negative: Any, settings: PreviewSettings, size: int) -> torch.Tensor:
-    """IMAGE [1, size, size, 3]: EmptyLatentImage -> KSampler (common_ksampler) -> VAEDecode, the host's own functions."""
+    """IMAGE [1, size, size, 3]: EmptyLatentImage -> KSampler -> VAEDecode, the host's own functions."""
     latent = host_nodes.EmptyLatentImage().generate(size, size, 1)[0]
-    samples = host_nodes.common_ksampler(model, settings.seed, settings.steps, settings.cfg, settings.sampler_name,
-                                         settings.scheduler, positive, negative, latent)[0]
+    samples = host_nodes.KSampler().sample(model, settings.seed, settings.steps, settings.cfg, settings.sampler_name,
+                                          settings.scheduler, positive, negative, latent)[0]
     comfy.model_management.throw_exception_if_processing_interrupted()
     return host_nodes.VAEDecode().decode(vae, samples)[0]
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-import comfy.clip_vision
 import comfy.model_management
 
 from ..scores import ImageScore, clip_t_prompt, image_scores
+from .internals.host_helpers import dinov2_class
+from .internals.text_encoders import projected_pooled
 
 # Pairs of a CLIP vision file and a text encoder that are two halves of one CLIP model, for messages.
 MATCHING_PAIRS = ("CLIP-ViT-bigG-14 / clip_vision_g (1280) with an SDXL checkpoint's CLIP or SD3's clip_g; "
@@ -30,7 +31,7 @@ def vision_kind(clip_vision: Any) -> str:
     model = getattr(clip_vision, "model", None)
     if model is None or not hasattr(clip_vision, "encode_image"):
         return "unknown"
-    dinov2 = getattr(comfy.clip_vision, "IMAGE_ENCODERS", {}).get("dinov2")
+    dinov2 = dinov2_class()
     if dinov2 is not None and isinstance(model, dinov2):
         return "dinov2"
     if getattr(clip_vision, "return_all_hidden_states", False):
@@ -66,18 +67,7 @@ def projected_text_embedding(clip: Any, prompt: str) -> torch.Tensor | None:
     ``projected_pooled`` clip option on: SD1.x-style clip_l encoders return the unprojected pooled
     state by default (SD2's clip_h and SDXL's clip_g already project). None when the encoder has no
     pooled output."""
-    tokens = clip.tokenize(prompt)
-    model = clip.cond_stage_model
-    model.reset_clip_options()
-    model.set_clip_options({"projected_pooled": True})
-    try:
-        clip.load_model()
-        # Newer hosts (v0.8.0) run the encoder on this option (set by their encode_from_tokens too);
-        # older ones ignore options they do not know.
-        model.set_clip_options({"execution_device": clip.patcher.load_device})
-        return model.encode_token_weights(tokens)[1]
-    finally:
-        model.reset_clip_options()
+    return projected_pooled(clip, clip.tokenize(prompt))
 
 
 def text_embeddings(clip: Any, prompts: list[str]) -> torch.Tensor:

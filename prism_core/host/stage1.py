@@ -16,6 +16,7 @@ from ..loss_scaling import skipped_warning
 from ..optimize import optimize_tokens
 from ..token_bank import PrismTokens
 from . import runtime, text
+from .internals.model_facts import reads_guidance
 from .diffusion import check_text_encoders, encode_latents, is_flux1, prediction_target
 from .previews import TrainingPreviews
 from .stage1_backend import ComfyStage1Backend
@@ -41,20 +42,6 @@ def model_family(model: Any) -> str:
     """"flux" for FLUX.1 (dev, schnell), else "sd" (SD1.x, SD2.x, SDXL; anything else is refused when training
     starts, with the message of diffusion.prediction_target)."""
     return "flux" if is_flux1(model) else "sd"
-
-
-def reads_guidance(model: Any) -> bool:
-    """Whether the MODEL's diffusion model reads a guidance input: FLUX.1-dev's transformer has a guidance
-    embedding (`params.guidance_embed`, the `guidance_in` MLP), FLUX.1-schnell's and SD's have none. Decided by
-    that feature, not by a file or family name, so a renamed or merged checkpoint is judged by what it computes.
-    Only a model that reads guidance records it (token bank, LoRA header) and has it compared (Stage 2 against
-    Stage 1, resume against the file): for the others the value changes nothing."""
-    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
-    params = getattr(diffusion_model, "params", None)
-    if params is not None and hasattr(params, "guidance_embed"):
-        return bool(params.guidance_embed)
-    embedder = getattr(diffusion_model, "guidance_in", None)  # hosts whose transformer keeps no params
-    return embedder is not None and not isinstance(embedder, torch.nn.Identity)
 
 
 def family_config(model: Any, config: TokenConfig, preset: str, flux_clip_l: str = "fixed") -> tuple[TokenConfig, str]:

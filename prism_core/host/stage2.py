@@ -17,11 +17,13 @@ from ..lora_file import LoraWeights, lora_metadata
 from ..lora_train import train_lora
 from ..optimize import Cond, reconstruction_prompt
 from ..token_bank import PrismTokens
-from . import diffusion, lora_layers, text, training_guard
+from . import diffusion, lora_layers, text
+from .internals import training_guard
 from .diffusion import PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs, schedule_levels
 from .previews import TrainingPreviews
 from .resume_point import resume_point
-from .stage1 import RunOptions, reads_guidance, report_skipped_steps
+from .internals.model_facts import reads_guidance
+from .stage1 import RunOptions, report_skipped_steps
 
 log = logging.getLogger("ConceptPrism")
 
@@ -105,7 +107,7 @@ def train_concept_lora(
     Updates skipped for float16 overflow are counted in the header (skipped_steps, per run and in total) and,
     when more than a few, warned about in the console and on node `node_id`; a run with every update skipped
     raises loss_scaling.NothingTrainedError. Guidance is recorded and compared only when the model reads it
-    (stage1.reads_guidance: FLUX.1-dev, not schnell)."""
+    (model_facts.reads_guidance: FLUX.1-dev, not schnell)."""
     target_kind = diffusion.prediction_target(model.get_model_object("model_sampling"), model)
     family = lora_layers.base_family(model)
     flux = family.name.startswith("flux")

@@ -1,8 +1,8 @@
 """The checkpoint sweep on the host: find the run's Stage 2 checkpoints, render a prompt set with each
 (and with the untrained tokens on the base model as step 0), score the renders, pick a step.
 
-Rendering uses the host's own pieces exactly as a stock graph would: EmptyLatentImage, common_ksampler
-(KSampler's function) and VAEDecode; each checkpoint is applied as LoraLoaderModelOnly applies a file
+Rendering uses the host's own pieces exactly as a stock graph would: EmptyLatentImage, KSampler
+and VAEDecode (the nodes' own functions); each checkpoint is applied as LoraLoaderModelOnly applies a file
 (``comfy.utils.load_torch_file`` + ``comfy.sd.load_lora_for_models`` on the incoming model, model
 strength 1), so the chosen step's MODEL output equals loading that file with Load LoRA.
 """
@@ -109,8 +109,8 @@ def with_lora(model: Any, lora_name: str | None) -> Any:
 def render(model: Any, vae: Any, positive: Any, negative: Any, settings: SweepSettings, seed: int) -> torch.Tensor:
     """IMAGE [1, H, W, 3]: EmptyLatentImage -> KSampler -> VAEDecode with the host's own functions."""
     latent = host_nodes.EmptyLatentImage().generate(settings.width, settings.height, 1)[0]
-    samples = host_nodes.common_ksampler(model, seed, settings.steps, settings.cfg, settings.sampler_name,
-                                         settings.scheduler, positive, negative, latent)[0]
+    samples = host_nodes.KSampler().sample(model, seed, settings.steps, settings.cfg, settings.sampler_name,
+                                          settings.scheduler, positive, negative, latent)[0]
     return host_nodes.VAEDecode().decode(vae, samples)[0]
 
 

@@ -7,6 +7,7 @@ host (comfy, folder_paths, comfy_extras, server); nothing in prism_core imports 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -14,7 +15,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ALGORITHM = sorted((ROOT / "prism_core").glob("*.py"))
-ADAPTERS = sorted((ROOT / "prism_core" / "host").glob("*.py"))
+ADAPTERS = sorted((ROOT / "prism_core" / "host").rglob("*.py"))
+INTERNALS = ROOT / "prism_core" / "host" / "internals"
+NODE_FILES = sorted((ROOT / "nodes").rglob("*.py"))
+# The host's public surface (prism_core/host/internals/contract.py says what counts and why): the only host
+# modules that code outside internals/ may import.
+PUBLIC_HOST_MODULES = {"comfy.model_management", "comfy.utils", "comfy.sd", "comfy.model_base", "comfy.model_sampling",
+                       "comfy.supported_models", "comfy.samplers", "folder_paths", "nodes", "node_helpers", "server"}
+# The attribute names through which the pack touches the internals contract.INTERNALS lists: only internals/
+# may read them (test_internal_names_are_the_contracts keeps the two lists together).
+INTERNAL_ATTRIBUTES = {
+    "load_embed", "SDTokenizer", "SDClipModel", "embedding_directory", "embedding_key", "tokens_start",
+    "tokenizer_adds_end_token", "tokenize_with_weights", "encode_token_weights", "set_clip_options",
+    "reset_clip_options", "tokenizer_options", "layer_idx", "cond_stage_model", "CLIPLayer", "T5LayerFF",
+    "T5LayerSelfAttention", "DoubleStreamBlock", "SingleStreamBlock", "apply_rope", "guidance_embed", "guidance_in",
+    "find_all_highest_child_module_with_forward", "add_weight_wrapper", "set_model_compute_dtype", "backup",
+    "weight_function", "cast_bias_weight", "is_dynamic", "move_weight_functions", "LoRAAdapter", "create_train",
+    "to_train", "model_lora_keys_unet", "flux_to_diffusers", "should_use_fp16", "should_use_bf16",
+    "supported_inference_dtypes", "IMAGE_ENCODERS", "validate_node_input"}
 THIRD_PARTY_ALLOWED = {"torch", "safetensors", "numpy", "PIL"}
 HOST_MODULES = {"comfy", "comfy_extras", "comfy_api", "comfy_execution", "folder_paths", "server", "execution", "nodes", "node_helpers"}
 
@@ -29,6 +47,12 @@ def imports(path: Path) -> list[tuple[int, str]]:
             module = node.module or ""
             found += [(node.level, f"{module}.{alias.name}".strip(".")) for alias in node.names] if node.level else [(0, module)]
     return found
+
+
+def internal_attributes_read(path: Path) -> list[tuple[int, str]]:
+    """(line, name) for every attribute read `.name` in the file whose name is in INTERNAL_ATTRIBUTES."""
+    return [(node.lineno, node.attr) for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.Attribute) and node.attr in INTERNAL_ATTRIBUTES]
 
 
 def test_the_files_are_there():
@@ -57,3 +81,51 @@ def test_the_check_can_fail(tmp_path):
     bad.write_text("import comfy.model_management\nfrom .host import text\n")
     found = imports(bad)
     assert (0, "comfy.model_management") in found and (1, "host.text") in found
+
+
+OUTSIDE_INTERNALS = [p for p in ADAPTERS if INTERNALS not in p.parents] + NODE_FILES
+
+
+@pytest.mark.parametrize("path", OUTSIDE_INTERNALS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_contract_touches_host_internals(path):
+    for level, module in imports(path):
+        if level == 0 and module.split(".")[0] in HOST_MODULES:
+            assert module in PUBLIC_HOST_MODULES, (
+                f"{path.relative_to(ROOT)} imports {module}: host internals are used only in prism_core/host/internals/ "
+                "(add it there, with a contract entry and a guard test)")
+    read = internal_attributes_read(path)
+    assert not read, (f"{path.relative_to(ROOT)} reads host internals {read}: use them through "
+                      "prism_core/host/internals/ (with a contract entry and a guard test)")
+
+
+def test_internal_names_are_the_contracts():
+    contract = (INTERNALS / "contract.py").read_text()
+    assert any(internal_attributes_read(p) for p in INTERNALS.glob("*.py")), "internals/ reads no host internals"
+    for name in ("load_embed", "SDTokenizer", "SDClipModel", "CLIPLayer", "T5LayerFF", "T5LayerSelfAttention",
+                 "DoubleStreamBlock", "apply_rope", "guidance_embed", "find_all_highest_child_module_with_forward",
+                 "add_weight_wrapper", "move_weight_functions", "LoRAAdapter", "model_lora_keys_unet",
+                 "flux_to_diffusers", "should_use_fp16", "IMAGE_ENCODERS", "validate_node_input"):
+        assert name in contract, f"{name} is touched in internals/ but contract.py does not list it"
+
+
+def test_the_internals_check_can_fail(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import comfy.sd1_clip\nx = clip.cond_stage_model.encode_token_weights(t)\n")
+    assert (0, "comfy.sd1_clip") in imports(bad) and "comfy.sd1_clip" not in PUBLIC_HOST_MODULES
+    assert [name for _, name in internal_attributes_read(bad)] == ["encode_token_weights", "cond_stage_model"]
+
+
+
+def test_the_readme_table_is_the_contract():
+    """The README's host-contract table lists exactly contract.INTERNALS (symbol, guard, releases), and every CI
+    release (.ci/hosts) is among the releases the contract says it was checked on."""
+    from comfyui_conceptprism.prism_core.host.internals import contract
+    rows = re.findall(r"^\s*\| `([^`]+)` \| [^|]+ \| ([^|]+) \| `(test_\w+)` \|$", (ROOT / "README.md").read_text(), re.M)
+    listed = {(symbol, guard) for symbol, _, guard in rows}
+    assert listed == {(i.symbol, i.guard) for i in contract.INTERNALS}, listed ^ {(i.symbol, i.guard) for i in contract.INTERNALS}
+    assert all(checked.strip() == ", ".join(contract.CHECKED_RELEASES) for _, checked, _ in rows)
+    ci = [line.split()[0] for line in (ROOT / ".ci" / "hosts").read_text().splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+    assert set(ci) <= set(contract.CHECKED_RELEASES), (ci, contract.CHECKED_RELEASES)
+    guards = (ROOT / "tests" / "host" / "test_host_contract.py").read_text()
+    assert all(f"def {i.guard}(" in guards for i in contract.INTERNALS)

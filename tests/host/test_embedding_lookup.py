@@ -1,4 +1,4 @@
-"""Learned words through the host's own embedding lookup (prism_core/host/embedding_lookup.py).
+"""Learned words through the host's own embedding lookup (prism_core/host/internals/embedding_lookup.py).
 
 The pack answers ``embedding:<slot>`` at ``comfy.sd1_clip.load_embed``, the module function the host's
 tokenizer calls with (name, directory, size, key) for every embedding word, so the host parses the word
@@ -20,8 +20,9 @@ require_host()
 
 import comfy.sd1_clip  # noqa: E402
 
-from comfyui_conceptprism.prism_core.host import embedding_lookup, text  # noqa: E402
-from comfyui_conceptprism.prism_core.host.embedding_lookup import SlotRow  # noqa: E402
+from comfyui_conceptprism.prism_core.host import text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.internals import embedding_lookup  # noqa: E402
+from comfyui_conceptprism.prism_core.host.internals.embedding_lookup import SlotRow  # noqa: E402
 
 
 def _layout(tokens: dict) -> dict:

@@ -20,6 +20,7 @@ from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
 from comfyui_conceptprism.prism_core.config import TokenConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.init import content_free_rows, repeated_vector  # noqa: E402
 from comfyui_conceptprism.prism_core.host import text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.internals import text_encoders  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1 import FLUX_FROZEN_ENCODERS, learn_tokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend  # noqa: E402
 
@@ -36,7 +37,7 @@ def _concept(captions: tuple[str, ...], seed: int = 0) -> ConceptSet:
 
 def _vocabulary(clip) -> tuple[torch.Tensor, torch.Tensor]:
     """(CLIP-L's mean input embedding [768], the norm of each vocabulary row [V])."""
-    table = text.text_encoder(clip, "clip_l").transformer.get_input_embeddings().weight.detach().float()
+    table = text_encoders.input_embedding_table(clip, "clip_l").detach().float()
     return table.mean(dim=0), table.norm(dim=1)
 
 

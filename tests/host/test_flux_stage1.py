@@ -23,7 +23,8 @@ from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
 from comfyui_conceptprism.prism_core.config import TokenConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.optimize import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep, plan_micro_steps  # noqa: E402
-from comfyui_conceptprism.prism_core.host import diffusion, out_of_place, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host import diffusion, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.internals import out_of_place  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1 import RunOptions, learn_tokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
 
@@ -178,7 +179,7 @@ def test_checkpointing_without_the_block_copies_gives_a_wrong_gradient(tiny, mon
     with torch.inference_mode(False):
         latents = encode_latents(models.model, models.vae, images)
         right = _losses(models, latents, target, residuals, STEP, 0.5, 3.5, False, ("clip_l",))[2][0]["t5xxl"]
-        from comfyui_conceptprism.prism_core.host import training_guard
+        from comfyui_conceptprism.prism_core.host.internals import training_guard
         monkeypatch.setattr(training_guard, "flux_blocks_on_copies", lambda model: 0)
         try:
             wrong = _losses(models, latents, target, residuals, STEP, 0.5, 3.5, True, ("clip_l",))[2][0]["t5xxl"]

@@ -23,7 +23,8 @@ from host_checks import RES  # noqa: E402
 from comfyui_conceptprism.prism_core.lora_train import step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.optimize import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
-from comfyui_conceptprism.prism_core.host import lora_layers, text, training_guard  # noqa: E402
+from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.internals import training_guard  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import ComfyStage2Backend  # noqa: E402
 

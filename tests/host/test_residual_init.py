@@ -17,6 +17,7 @@ from host_setup import require_host
 require_host()
 
 from comfyui_conceptprism.prism_core.host import text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.internals import text_encoders  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend  # noqa: E402
 
 CAPTION = "a red ceramic mug with a chipped handle on a wooden desk beside a green plant"
@@ -38,7 +39,7 @@ def oracle(clip, family: str, caption: str) -> dict[str, torch.Tensor]:
 
 
 def _end_token(clip, key):
-    return next(tok.end_token for _, tok in text.sub_tokenizers(clip) if tok.embedding_key == key)
+    return next(tok.end_token for _, tok in text_encoders.sub_tokenizers(clip) if tok.embedding_key == key)
 
 
 def init_from_pack(models, clip, caption):
@@ -72,8 +73,8 @@ def test_prompt_syntax_in_a_caption_is_text(tiny, caplog):
     host warning about a missing embedding), and they change the initialisation."""
     models = tiny("sd15")
     caption = "a photo of embedding:dog (red mug:1.5) on a desk"
-    chunk, real = text.literal_chunk(dict(text.sub_tokenizers(models.clip))["clip_l"], caption)
-    raw = dict(text.sub_tokenizers(models.clip))["clip_l"].tokenizer
+    chunk, real = text_encoders.literal_chunk(dict(text_encoders.sub_tokenizers(models.clip))["clip_l"], caption)
+    raw = dict(text_encoders.sub_tokenizers(models.clip))["clip_l"].tokenizer
     words = [raw.decode([t]).strip() for t, _ in chunk[real.start:real.stop]]
     joined = "".join(words)
     assert "(" in words and ")" in words and ":" in words and "embedding:dog" in joined and "1.5" in joined

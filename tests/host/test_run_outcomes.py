@@ -38,7 +38,7 @@ from comfyui_conceptprism.prism_core.lora_file import read_lora  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import diffusion  # noqa: E402
 from comfyui_conceptprism.prism_core.host.folders import save_folder_problem  # noqa: E402
-from comfyui_conceptprism.prism_core.host.stage1 import reads_guidance  # noqa: E402
+from comfyui_conceptprism.prism_core.host.internals.model_facts import reads_guidance  # noqa: E402
 
 
 def _defaults(node_class, **overrides):

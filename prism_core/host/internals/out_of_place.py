@@ -24,23 +24,26 @@ import comfy.clip_model
 import comfy.text_encoders.t5
 
 
+# Each forward takes whatever the host passes after the hidden states and hands it on, unchanged, to the
+# sub-module the host's forward hands it to, so a release that adds an argument (as newer ones do to other
+# modules) still runs. contract.py checks by feature that each host forward reads exactly the sub-modules
+# these rewrites use.
 def _clip_layer_forward(layer: comfy.clip_model.CLIPLayer) -> Callable:
-    def forward(x: torch.Tensor, mask: torch.Tensor | None = None, optimized_attention: Any = None) -> torch.Tensor:
-        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        x = x + layer.self_attn(layer.layer_norm1(x), *args, **kwargs)
         return x + layer.mlp(layer.layer_norm2(x))
     return forward
 
 
 def _t5_feed_forward(layer: comfy.text_encoders.t5.T5LayerFF) -> Callable:
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return x + layer.DenseReluDense(layer.layer_norm(x))
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x + layer.DenseReluDense(layer.layer_norm(x), *args, **kwargs)
     return forward
 
 
 def _t5_self_attention(layer: comfy.text_encoders.t5.T5LayerSelfAttention) -> Callable:
-    def forward(x: torch.Tensor, mask: Any = None, past_bias: Any = None, optimized_attention: Any = None):
-        output, past_bias = layer.SelfAttention(layer.layer_norm(x), mask=mask, past_bias=past_bias,
-                                                optimized_attention=optimized_attention)
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        output, past_bias = layer.SelfAttention(layer.layer_norm(x), *args, **kwargs)
         return x + output, past_bias
     return forward
 
@@ -63,8 +66,8 @@ def out_of_place_text_layers(text_model: torch.nn.Module) -> None:
 
 # The residual-stream tensors each FLUX block adds to in place, by argument name and position, and the norms
 # that read them (comfy/ldm/flux/layers.py, the same names in v0.3.64 and v0.8.0).
-_FLUX_STREAMS = {"DoubleStreamBlock": ("img", "txt"), "SingleStreamBlock": ("x",)}
-_FLUX_RESIDUAL_NORMS = ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2", "pre_norm")
+FLUX_STREAMS = {"DoubleStreamBlock": ("img", "txt"), "SingleStreamBlock": ("x",)}
+FLUX_RESIDUAL_NORMS = ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2", "pre_norm")
 
 
 def _on_copies(forward: Callable, streams: tuple[str, ...]) -> Callable:
@@ -81,11 +84,11 @@ def flux_blocks_on_copies(diffusion_model: torch.nn.Module) -> int:
     keeps the untouched inputs). Returns how many blocks were changed (0 for other models)."""
     changed = 0
     for module in diffusion_model.modules():
-        streams = _FLUX_STREAMS.get(type(module).__name__)
+        streams = FLUX_STREAMS.get(type(module).__name__)
         if streams is None or not type(module).__module__.startswith("comfy.ldm.flux"):
             continue
         module.forward = _on_copies(module.forward, streams)
-        for name in _FLUX_RESIDUAL_NORMS:
+        for name in FLUX_RESIDUAL_NORMS:
             norm = getattr(module, name, None)
             if norm is not None:
                 norm.forward = _on_copies(norm.forward, ("x", "input"))

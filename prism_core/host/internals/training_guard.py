@@ -31,6 +31,12 @@ import comfy.model_management
 from .out_of_place import differentiable_rope, flux_blocks_on_copies, out_of_place_text_layers
 
 
+def uses_host_casts(module: torch.nn.Module) -> bool:
+    """Whether `module` runs through the host's cast machinery (``comfy.ops``: ``cast_bias_weight`` applies its
+    ``weight_function`` / ``bias_function`` lists), so weight wrappers reach it."""
+    return hasattr(module, "weight_function")
+
+
 def _copy_made_by_host(weight: torch.Tensor) -> torch.Tensor:
     # comfy.ops.cast_bias_weight has already copied the weight because a wrapper is present
     # (copy=has_function); the wrapper only needs to exist.
@@ -49,7 +55,7 @@ def with_weight_copies(patcher: Any) -> Any:
     # but loading this clone puts the originals back from the shared backup, and those are inference tensors.
     patched_in = set(getattr(clone, "backup", {}))
     for name, module in clone.model.named_modules():
-        if not hasattr(module, "weight_function") or isinstance(module, torch.nn.Embedding):
+        if not uses_host_casts(module) or isinstance(module, torch.nn.Embedding):
             continue
         for kind in ("weight", "bias"):  # layer_norm saves its bias for backward too
             tensor = getattr(module, kind, None)
@@ -69,7 +75,7 @@ def inference_parameter_copies(*roots: torch.nn.Module) -> Iterator[int]:
     replaced = []
     for root in roots:
         for module in root.modules():
-            if hasattr(module, "weight_function") or isinstance(module, torch.nn.Embedding):
+            if uses_host_casts(module) or isinstance(module, torch.nn.Embedding):
                 continue
             for name, parameter in list(module._parameters.items()):
                 if isinstance(parameter, torch.Tensor) and parameter.is_inference():

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import comfy.sd1_clip
 
-# The host symbol this module replaces; tests/host/test_host_contract.py guards its call form.
+# The host symbol this module replaces (contract.py detects its call form; tests/host/test_host_contract.py guards it).
 HOST_LOOKUP = "comfy.sd1_clip.load_embed"
 
 _active = threading.local()
@@ -58,6 +58,12 @@ def _load_embed(embedding_name: str, embedding_directory: Any, embedding_size: A
     if slots is not None and embedding_name in slots and embed_key in slots[embedding_name]:
         return SlotRows(embed_key, embedding_name, slots[embedding_name][embed_key])
     return _host_load_embed(embedding_name, embedding_directory, embedding_size, embed_key, *args, **kwargs)
+
+
+def host_load_embed() -> Callable[..., Any]:
+    """The host's own ``load_embed`` (not ours, should a lookup be active)."""
+    current = comfy.sd1_clip.load_embed
+    return _host_load_embed if current is _load_embed else current
 
 
 @contextmanager

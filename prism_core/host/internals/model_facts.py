@@ -1,0 +1,49 @@
+"""What the host knows about a loaded model beyond its public surface: the compute dtypes its config allows,
+which of them a device runs, and whether a FLUX transformer reads a guidance input. contract.py detects each
+by feature; tests/host/test_host_contract.py guards them."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import comfy.model_management
+
+# The host's own default order (comfy.supported_models_base.BASE.supported_inference_dtypes), for a model
+# config that does not say.
+HOST_DEFAULT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def supported_dtypes(model: Any) -> tuple[torch.dtype, ...]:
+    """The compute dtypes the host allows for this MODEL, in the host's order of preference: its model config's
+    ``supported_inference_dtypes`` (SD1.x/SDXL: float16, bfloat16, float32; FLUX.1: bfloat16, float16, float32),
+    which is what ``comfy.model_management.unet_dtype`` / ``unet_manual_cast`` walk when the host picks the
+    dtype it samples the model in. A torch.device (no model at hand) gets the host's default order."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    listed = getattr(config, "supported_inference_dtypes", None)
+    return tuple(listed) if listed else HOST_DEFAULT_DTYPES
+
+
+def device_computes(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the host would run `dtype` on `device` (``should_use_fp16`` / ``should_use_bf16`` with
+    ``prioritize_performance=False``: whether the device computes the dtype, not whether it is the fastest
+    choice for inference); float32 always."""
+    if dtype == torch.float16:
+        return bool(comfy.model_management.should_use_fp16(device, prioritize_performance=False))
+    if dtype == torch.bfloat16:
+        return bool(comfy.model_management.should_use_bf16(device, prioritize_performance=False))
+    return dtype == torch.float32
+
+
+def reads_guidance(model: Any) -> bool:
+    """Whether the MODEL's diffusion model reads a guidance input: FLUX.1-dev's transformer has a guidance
+    embedding (`params.guidance_embed`, the `guidance_in` MLP), FLUX.1-schnell's and SD's have none. Decided by
+    that feature, not by a file or family name, so a renamed or merged checkpoint is judged by what it computes.
+    Only a model that reads guidance records it (token bank, LoRA header) and has it compared (Stage 2 against
+    Stage 1, resume against the file): for the others the value changes nothing."""
+    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
+    params = getattr(diffusion_model, "params", None)
+    if params is not None and hasattr(params, "guidance_embed"):
+        return bool(params.guidance_embed)
+    embedder = getattr(diffusion_model, "guidance_in", None)  # hosts whose transformer keeps no params
+    return embedder is not None and not isinstance(embedder, torch.nn.Identity)
