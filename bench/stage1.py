@@ -480,7 +480,7 @@ class BoundVariant(Variant):
         self.setup_s = time.perf_counter() - start
 
     def segments(self, steps: int, accumulation: int | None = None) -> Iterator[dict[str, float]]:
-        from ..prism_core.losses import micro_step_weights, per_sample_mse
+        from ..prism_core.losses import exclusion_loss, prism_loss, reconstruction_loss
         from ..prism_core.schedule import draw_noise
         t, marks = self.timers, Marks(self.timers)
         for index, micro_steps in enumerate(self.plan(steps, accumulation)):
@@ -495,7 +495,8 @@ class BoundVariant(Variant):
                     targets[1:] = self.unet(x_in[1:], timesteps[1:], context=self.null_cond.expand(k, -1, -1))
                 with t("model forward"):
                     pred = self.unet(x_in, timesteps, context=torch.cat([self.rec_cond, self.res_cond.expand(k, -1, -1)]))
-                loss = (per_sample_mse(pred, targets) * micro_step_weights(k, 0.05)).sum() / len(micro_steps)
+                loss = prism_loss(reconstruction_loss(pred[:1], targets[:1]), exclusion_loss(pred[1:], targets[1:]),
+                                  0.05) / len(micro_steps)
                 with t("model backward"):
                     torch.autograd.grad(loss, [self.rec_cond, self.res_cond])
                 yield marks.segment(index)

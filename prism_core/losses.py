@@ -72,14 +72,14 @@ def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. (2) on the native target: ||target - prediction(z_t(i), t, c(i))||^2, averaged over elements
-    (for eps models the paper's ||eps - eps_theta||^2). [1,C,H,W] -> scalar."""
+    """Eq. (2), L_rec, on the native target: ||target - prediction(z_t(i), t, c(i))||^2, averaged over elements
+    (for eps models the paper's ||eps - eps_theta||^2) and over the samples given. [B,C,H,W] x2 -> scalar."""
     return per_sample_mse(prediction, target).mean()
 
 
 def exclusion_loss(eps_residual: torch.Tensor, eps_null: torch.Tensor) -> torch.Tensor:
-    """Eq. (4): mean over the anchors j in J of ||eps_theta(z_t(j), c_res(i)) - eps_theta(z_t(j), null)||^2,
-    with both predictions in the family's native parameterisation (eps, v).
+    """Eq. (4), L_excl: mean over the anchors j in J of ||eps_theta(z_t(j), c_res(i)) - eps_theta(z_t(j), null)||^2,
+    with both predictions in the family's native parameterisation (eps, v, flow).
 
     eps_residual, eps_null: [K, C, H, W], row k for anchor j_k, both on the same noised z_t(j_k).
     The null branch is a constant target (no gradient), as in Algorithm 1. Returns a scalar.
@@ -87,12 +87,6 @@ def exclusion_loss(eps_residual: torch.Tensor, eps_null: torch.Tensor) -> torch.
     return per_sample_mse(eps_residual, eps_null.detach()).mean()
 
 
-def micro_step_weights(n_anchors: int, beta: float) -> torch.Tensor:
-    """Weight of each sample's MSE in L_rec + beta * L_excl for one micro-step.
-
-    Sample 0 is the reconstruction sample (weight 1); samples 1..K are the anchors
-    (weight beta / K each, because L_excl is their mean). Returns [1 + K] float32.
-    """
-    weights = torch.full((1 + n_anchors,), beta / max(n_anchors, 1), dtype=torch.float32)
-    weights[0] = 1.0
-    return weights
+def prism_loss(rec: torch.Tensor, excl: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. (5), the Stage 1 objective: L = L_rec + beta * L_excl (scalars; beta = 0 or no anchors: L_rec)."""
+    return rec + beta * excl

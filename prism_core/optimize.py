@@ -1,4 +1,6 @@
-"""Algorithm 1 (paper Sec. 3.2): optimise the target token and the per-image residual tokens.
+"""Algorithm 1 (paper Sec. 3.2): optimise the target token and the per-image residual tokens on
+L = L_rec + beta * L_excl (Eq. 5; the terms are prism_core.losses' reconstruction_loss, Eq. 2, and
+exclusion_loss, Eq. 4, each called here on its samples).
 
 The loop is host-agnostic: a `Stage1Backend` encodes prompts into conditioning and predicts the
 model family's native target (eps, v); `prism_core.host.stage1_backend` implements it on ComfyUI's
@@ -22,7 +24,7 @@ import torch
 
 from .config import TokenConfig
 from .loss_scaling import LossScaler, check_trained
-from .losses import micro_step_weights, per_sample_mse
+from .losses import exclusion_loss, prism_loss, reconstruction_loss
 from .schedule import MicroStep, draw_noise, plan_micro_steps
 from .token_bank import TARGET_SLOT, LossHistory, residual_slot
 
@@ -123,7 +125,7 @@ def micro_step_losses(
     backend: Stage1Backend, latents: torch.Tensor, params: TokenParameters, step: MicroStep,
     null: Cond, beta: float, scale: float,
 ) -> tuple[float, float]:
-    """Accumulate scale * (L_rec + beta * L_excl) gradients into `params` for one micro-step (`scale` carries
+    """Accumulate the gradient of scale * L (Eq. 5: L_rec + beta * L_excl) into `params` for one micro-step (`scale` carries
     the micro-step's share of the step and, in float16, the loss scale).
 
     latents: [N, C, H, W] (already in the model's latent space). Returns (L_rec, L_excl) as floats
@@ -154,24 +156,31 @@ def micro_step_losses(
                     batch_conds([null] * len(idx))))
             targets = torch.cat([targets, torch.cat(null_predictions).float().to(targets.device)])
 
-    weights = micro_step_weights(len(anchors), beta).to(latents.device) * scale
-    per_sample = torch.empty(n)
+    # Eq. (5) is a sum over samples, so each chunk of samples contributes its part of L on its own: the
+    # reconstruction sample's L_rec (Eq. 2), and its anchors' share of the mean in L_excl (Eq. 4).
+    rec_value, excl_sum = math.nan, 0.0
     leaf_tensors = [t for leaf in leaves for t in leaf.values() if t.requires_grad]
     leaf_grads = [torch.zeros_like(t) for t in leaf_tensors]
     for chunk in chunk_ranges(n, backend.max_batch):
         idx = list(chunk)
         prediction = backend.predict(latents[[images[i] for i in idx]], [timesteps[i] for i in idx],
                                      noise[idx], batch_conds([sample_conds[i] for i in idx]))
-        mse = per_sample_mse(prediction, targets[idx].to(prediction.device))
-        per_sample[idx] = mse.detach().float().cpu()
-        grads = torch.autograd.grad((mse * weights[idx]).sum(), leaf_tensors, allow_unused=True)
+        chunk_targets = targets[idx].to(prediction.device)
+        rows = [k for k, i in enumerate(idx) if i > 0]  # anchor rows of this chunk
+        rec = reconstruction_loss(prediction[:1], chunk_targets[:1]) if idx[0] == 0 else prediction.new_zeros(())
+        excl = (exclusion_loss(prediction[rows], chunk_targets[rows]) * (len(rows) / len(anchors))
+                if rows else prediction.new_zeros(()))
+        if idx[0] == 0:
+            rec_value = float(rec.detach().float())
+        excl_sum += float(excl.detach().float())
+        grads = torch.autograd.grad(prism_loss(rec, excl, beta) * scale, leaf_tensors, allow_unused=True)
         for total, grad in zip(leaf_grads, grads):
             if grad is not None:
                 total += grad
 
-    rec = float(per_sample[0])
+    rec = rec_value
     # NaN stands for "not computed" when there are no anchors; a non-finite computed value is +inf.
-    excl = float(per_sample[1:].mean()) if anchors else math.nan
+    excl = excl_sum if anchors else math.nan
     if anchors and not math.isfinite(excl):
         excl = math.inf
     if not math.isfinite(rec) or math.isinf(excl):

@@ -3,7 +3,7 @@ import torch
 
 import pytest
 
-from comfyui_conceptprism.prism_core.losses import (eps_from_denoised, exclusion_loss, micro_step_weights,
+from comfyui_conceptprism.prism_core.losses import (eps_from_denoised, exclusion_loss, prism_loss,
                                                     native_coefficients, native_from_denoised, reconstruction_loss)
 from comfyui_conceptprism.prism_core.schedule import FLOW_SIGMA_LEVELS, draw_noise, flow_sigmas, plan_micro_steps
 
@@ -67,11 +67,9 @@ def test_exclusion_loss_is_mean_over_anchors_and_null_gets_no_gradient():
     assert torch.allclose(reconstruction_loss(res[:1], null[:1]), per_anchor[0])
 
 
-def test_micro_step_weights_make_rec_plus_beta_times_mean_excl():
-    w = micro_step_weights(3, 0.05)
-    mse = torch.tensor([2.0, 1.0, 4.0, 7.0])
-    assert torch.isclose((w * mse).sum(), torch.tensor(2.0 + 0.05 * 4.0))
-    assert micro_step_weights(0, 0.05).tolist() == [1.0]
+def test_prism_loss_is_rec_plus_beta_times_excl():
+    assert prism_loss(torch.tensor(2.0), torch.tensor(4.0), 0.05).item() == pytest.approx(2.0 + 0.05 * 4.0)
+    assert prism_loss(torch.tensor(2.0), torch.tensor(4.0), 0.0).item() == 2.0
 
 
 def test_plan_is_deterministic_balanced_and_anchors_exclude_the_image():

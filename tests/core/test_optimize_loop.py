@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from comfyui_conceptprism.prism_core.config import TABLE2_CONFIGURATIONS, TokenConfig
-from comfyui_conceptprism.prism_core.optimize import NonFiniteLossError, Prompt, optimize_tokens
-from comfyui_conceptprism.prism_core.token_bank import TARGET_SLOT
+from comfyui_conceptprism.prism_core.optimize import (NonFiniteLossError, Prompt, TokenParameters, micro_step_losses,
+                                                      optimize_tokens)
+from comfyui_conceptprism.prism_core.schedule import draw_noise, plan_micro_steps
+from comfyui_conceptprism.prism_core.token_bank import TARGET_SLOT, residual_slot
 
 
 class ToyBackend:
@@ -104,3 +106,34 @@ def test_config_rejects_inconsistent_settings():
     with pytest.raises(ValueError, match="steps"):
         TokenConfig(steps=0)
     assert TokenConfig().anchors_for(3) == 2 and TokenConfig().anchors_for(6) == 3
+
+
+@pytest.mark.parametrize("max_batch", [1, 2, 8])
+def test_one_micro_steps_token_gradient_is_autograd_of_rec_plus_beta_excl(max_batch):
+    """Oracle: Eq. (5) written out here with plain autograd, L = ||eps - eps(z_t(i), "<t> with <r_i>")||^2
+    + beta * mean_j ||eps(z_t(j), "<r_i>") - eps(z_t(j), null)||^2, against the loop's chunked backward."""
+    backend, beta = ToyBackend(max_batch=max_batch), 0.3
+    latents = torch.randn(4, 4, generator=torch.Generator().manual_seed(2))
+    target, residuals = _initial()
+    step = plan_micro_steps(4, 3, steps=1, accumulation=1, num_timesteps=backend.num_timesteps, seed=5)[0][0]
+    params = TokenParameters.from_initial(target, residuals)
+    micro_step_losses(backend, latents, params, step, backend.encode_null(), beta, 1.0)
+
+    t, r = target["k"].clone().requires_grad_(), residuals["k"].clone().requires_grad_()
+    i, anchors = step.image, list(step.anchors)
+    noise = draw_noise(step, latents.shape[1:])
+    words = {TARGET_SLOT: {"k": t}, residual_slot(i): {"k": r[i]}}
+    rec_cond = backend.encode(Prompt((TARGET_SLOT, "with", residual_slot(i))), words)
+    res_cond = backend.encode(Prompt((residual_slot(i),)), words)
+    eps_rec = backend.predict(latents[[i]], step.timesteps[:1], noise[:1], rec_cond)
+    l_rec = ((eps_rec - noise[:1]) ** 2).mean()
+    l_excl = 0
+    for k, j in enumerate(anchors, start=1):
+        eps_res = backend.predict(latents[[j]], [step.timesteps[k]], noise[k:k + 1], res_cond)
+        with torch.no_grad():
+            eps_null = backend.predict(latents[[j]], [step.timesteps[k]], noise[k:k + 1], backend.encode_null())
+        l_excl = l_excl + ((eps_res - eps_null) ** 2).mean() / len(anchors)
+    grad_t, grad_r = torch.autograd.grad(l_rec + beta * l_excl, [t, r])
+    torch.testing.assert_close(params.target["k"].grad, grad_t, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(params.residuals["k"].grad, grad_r, rtol=1e-5, atol=1e-7)
+    assert len(anchors) == 3 and grad_r[i].abs().sum() > 0 and grad_r[[a for a in range(4) if a != i]].abs().sum() == 0
