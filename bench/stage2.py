@@ -225,13 +225,14 @@ def run_pack(spec: Spec, settings: Settings, bench_models: models.BenchModels, d
     from ..prism_core.config import LoraConfig
     from ..prism_core.lora_train import train_lora
     from ..prism_core.host import lora_layers
+    from ..prism_core.host.family import stage2_targets
     from ..prism_core.host.stage2 import ComfyStage2Backend
     config = LoraConfig(rank=settings.rank, alpha=float(settings.rank), learning_rate=LEARNING_RATE, steps=steps,
                         gradient_accumulation=settings.accumulation, seed=settings.seed)
     model = bench_models.model
     with torch.inference_mode(False):
         layers = lora_layers.attention_projections(model)
-        adapters = lora_layers.new_adapters(model, layers, config.rank, config.alpha, config.seed)
+        adapters = lora_layers.new_adapters(stage2_targets(model), layers, config.rank, config.alpha, config.seed)
         with ComfyStage2Backend(model, adapters, spec.max_batch, "float32", spec.checkpointing) as backend:
             return train_lora(backend, data.latents, data.conds, lora_layers.adapter_parameters(adapters), config)
 

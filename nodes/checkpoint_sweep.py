@@ -5,7 +5,7 @@ import torch
 
 import comfy.samplers
 
-from ..prism_core.host.internals.contract import SCORING, TOKENS, require
+from ..prism_core.host.internals.contract import DINO, SCORING, TOKENS, require
 from ..prism_core.host.sweep import SweepSettings, run_candidates, run_sweep, with_lora
 from ..prism_core.prompt_sets import PLACEHOLDER, set_names, sweep_prompts
 from ..prism_core.score_table import Table, draw_table
@@ -74,7 +74,7 @@ class PrismCheckpointSweep:
     def sweep(self, model, clip, vae, tokens, lora_name, reference_images, score_clip, clip_vision, dino, class_noun,
               checkpoint_prefix, prompt_set, prompt_count, custom_prompts, seeds, seed, steps, cfg, sampler_name,
               scheduler, width, height, negative, clip_t_tolerance, max_sampler_steps, unique_id=None):
-        require("Prism Checkpoint Sweep", TOKENS, SCORING)
+        require("Prism Checkpoint Sweep", TOKENS, SCORING, DINO)
         settings = SweepSettings(sweep_prompts(prompt_set, prompt_count, custom_prompts), class_noun, seeds, seed, steps,
                                  cfg, sampler_name, scheduler, width, height, clip_t_tolerance, max_sampler_steps, PLACEHOLDER)
         candidates = run_candidates(lora_name, checkpoint_prefix, tokens)

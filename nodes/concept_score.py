@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..prism_core.host.internals.contract import SCORING, require
+from ..prism_core.host.internals.contract import DINO, SCORING, require
 from ..prism_core.host.scoring import MATCHING_PAIRS, score_images
 from ..prism_core.score_table import Table, draw_table
 from ..prism_core.scores import METRICS, format_value, mean_score, prompts_per_image, scores_text
@@ -51,7 +51,8 @@ class PrismConceptScore:
         }
 
     def score(self, images, prompts, class_noun, placeholder, reference_images, clip=None, clip_vision=None, dino=None):
-        require("Prism Concept Score", SCORING)
+        require("Prism Concept Score", *((SCORING,) if clip is not None or clip_vision is not None else ()),
+                *((DINO,) if dino is not None else ()))
         rows = score_images(images, prompts_per_image(prompts, images.shape[0]), reference_images, placeholder,
                             class_noun, clip=clip, clip_vision=clip_vision, dino=dino)
         means = [mean_score(rows, m) for m in METRICS]

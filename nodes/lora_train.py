@@ -10,9 +10,10 @@ from ..prism_core.lora_file import LoraWeights, read_lora, save_lora
 from ..prism_core.names import checked_prefix
 from ..prism_core.host.diffusion import TRAINING_DTYPES
 from ..prism_core.host.folders import first_folder, refuse_unwritable_folder, validate_save_folder
-from ..prism_core.host.internals.contract import require, training_uses
+from ..prism_core.host.internals.contract import flux_uses, require, training_uses, validation_answer
 from ..prism_core.host.runtime import step_reporter
-from ..prism_core.host.stage1 import RunOptions, model_family
+from ..prism_core.host.family import describe
+from ..prism_core.host.stage1 import RunOptions
 from ..prism_core.host.stage2 import apply_lora, train_concept_lora
 from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews
 from .types import CATEGORY, CONCEPT_SET, LORA_MODEL, LOSS_MAP, PRISM_TOKENS
@@ -70,13 +71,15 @@ class PrismLoRATrain:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, checkpoint_every=None, checkpoint_prefix=None):
+    def VALIDATE_INPUTS(cls, checkpoint_every=None, checkpoint_prefix=None, gradient_checkpointing=None):
         """When the graph is validated, before any node runs (Stage 1 included): a checkpoint folder that cannot be
-        written is refused now, not after step `checkpoint_every`. Values fed by a link arrive as None and are
+        written is refused now, not after step `checkpoint_every`; so is a ComfyUI whose internals Stage 2 needs
+        changed (internals/contract.py). Values fed by a link arrive as None and are
         checked when the node runs. The host skips its own min/max check of an input this method takes, so the
         range of checkpoint_every is checked here."""
-        if checkpoint_every is None or checkpoint_prefix is None:
-            return True
+        refused = validation_answer(NODE, *training_uses(2, bool(gradient_checkpointing)))
+        if refused is not True or checkpoint_every is None or checkpoint_prefix is None:
+            return refused
         low, high = (cls.INPUT_TYPES()["optional"]["checkpoint_every"][1][k] for k in ("min", "max"))
         if not low <= checkpoint_every <= high:
             return f"{NODE}: checkpoint_every is {checkpoint_every}; set it between {low} (off) and {high}."
@@ -89,12 +92,14 @@ class PrismLoRATrain:
               checkpoint_prefix="conceptprism/concept_lora", resume_from=NO_RESUME, preview_every=0,
               preview_prompts="a photo of [V]", preview_steps=12, preview_sampler="euler", preview_scheduler="normal",
               preview_cfg=7.0, preview_seed=0, preset="auto", guidance=3.5, unique_id=None):
-        family = model_family(model)
-        require(NODE, *training_uses(2, family == "flux", gradient_checkpointing))
+        require(NODE, *training_uses(2, gradient_checkpointing))
+        family = describe(model, clip)  # the one decision of this run's model family
+        flux = family.flux
+        if flux:
+            require(NODE, *flux_uses(2))
         config = LoraConfig(rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                             gradient_accumulation=gradient_accumulation, seed=seed, checkpoint_every=checkpoint_every)
-        flux = family == "flux"
-        config = family_preset(config, family, preset)
+        config = family_preset(config, family.presets, preset)
         label = "Stage 2"
         if flux:
             label = (f"Stage 2 FLUX.1 ({preset}: lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, steps "
@@ -112,7 +117,7 @@ class PrismLoRATrain:
         previews = training_previews("Prism LoRA Train", "Stage 2", clip, vae, concept_set.resolution,
                                      (resume.steps if resume is not None else 0) + config.steps, unique_id, preview_every,
                                      preview_prompts, preview_steps, preview_sampler, preview_scheduler, preview_cfg,
-                                     preview_seed, guidance if flux else None, preset)
+                                     preview_seed, family.guidance_input(guidance), preset)
 
         def save_checkpoint(weights: LoraWeights) -> None:
             save_lora(weights, first_folder("loras"), f"{checkpoint_prefix}_step{weights.steps:04d}")
@@ -120,5 +125,5 @@ class PrismLoRATrain:
         run = train_concept_lora(model, clip, vae, concept_set, tokens, config, options, resume,
                                  on_step=step_reporter(config.steps, unique_id, label, ("loss",)),
                                  on_checkpoint=save_checkpoint if checkpoint_every else None, previews=previews,
-                                 node_id=unique_id)
+                                 node_id=unique_id, family=family)
         return (apply_lora(model, run.weights), run.weights, {"loss": run.weights.loss}, previews.output())

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from ..prism_core.config import FLUX_TOKEN_DEFAULTS, PRESETS, TokenConfig, help_text
 from ..prism_core.host.runtime import step_reporter
-from ..prism_core.host.stage1 import RunOptions, family_config, learn_tokens, model_family
+from ..prism_core.host.family import describe
+from ..prism_core.host.stage1 import RunOptions, family_config, learn_tokens
 from ..prism_core.host.diffusion import TRAINING_DTYPES
-from ..prism_core.host.internals.contract import require, training_uses
+from ..prism_core.host.internals.contract import flux_uses, require, training_uses, validation_answer
 from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews
 from .types import CATEGORY, CONCEPT_SET, PRISM_TOKENS
 
@@ -60,24 +61,35 @@ class OptimizePrismTokens:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, caption_init=None, gradient_checkpointing=None):
+        """When the graph is validated, before upstream nodes load models: refuse a ComfyUI whose internals Stage 1
+        needs changed (internals/contract.py); what the connected model adds (FLUX.1) is asked when the node runs.
+        It takes caption_init (a required switch, with no range the host would stop checking) because the host
+        reports a refusal only under inputs the method takes that the graph holds."""
+        return validation_answer(NODE, *training_uses(1, bool(gradient_checkpointing)))
+
     def optimize(self, model, clip, vae, concept_set, target_length, residual_length, beta, exclusion_set_size,
                  learning_rate, steps, gradient_accumulation, caption_init, seed, max_batch=4,
                  gradient_checkpointing=False, training_dtype="auto", preview_every=0, preview_prompts="a photo of [V]",
                  preview_steps=12, preview_sampler="euler", preview_scheduler="normal", preview_cfg=7.0, preview_seed=0,
                  preset="auto", guidance=3.5, flux_clip_l="fixed",
                  unique_id=None):
-        require(NODE, *training_uses(1, model_family(model) == "flux", gradient_checkpointing))
+        require(NODE, *training_uses(1, gradient_checkpointing))
+        family = describe(model, clip)  # the one decision of this run's model family
+        if family.flux:
+            require(NODE, *flux_uses(1))
         config = TokenConfig(target_length=target_length, residual_length=residual_length, beta=beta,
                              exclusion_set_size=exclusion_set_size, learning_rate=learning_rate, steps=steps,
                              gradient_accumulation=gradient_accumulation, caption_init=caption_init, seed=seed)
-        config, label = family_config(model, config, preset, flux_clip_l)
+        config, label = family_config(family, config, preset, flux_clip_l)
         options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing,
                              guidance=guidance)
         previews = training_previews("Optimize Prism Tokens", "Stage 1", clip, vae, concept_set.resolution, config.steps,
                                      unique_id, preview_every, preview_prompts, preview_steps, preview_sampler,
                                      preview_scheduler, preview_cfg, preview_seed,
-                                     guidance if model_family(model) == "flux" else None, preset)
+                                     family.guidance_input(guidance), preset)
         tokens = learn_tokens(model, clip, vae, concept_set, config, options,
                               on_step=step_reporter(config.steps, unique_id, label, ("rec", "excl")), previews=previews,
-                              node_id=unique_id)
+                              node_id=unique_id, family=family)
         return (tokens, previews.output())

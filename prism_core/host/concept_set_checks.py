@@ -85,10 +85,10 @@ def validate_load_concept_set(node_class: type, folder: Any, input_types: Any) -
     The folder is checked only when it is a widget value and no IMAGE batch is linked to 'images'
     (which the node then uses instead).
     """
-    changed = contract.problems(contract.LINKS)
+    linked = _one(input_types) or {}
+    changed = contract.problems(contract.LINKS) if linked else []  # the host's rule is asked only for links
     if changed:
         return contract.refusal(NODE, changed)
-    linked = _one(input_types) or {}
     problems = linked_type_problems(node_class, linked)
     folder = _one(folder)
     if "images" not in linked and "folder" not in linked and folder is not None:

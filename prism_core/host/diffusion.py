@@ -6,13 +6,12 @@ from typing import Any, Sequence
 
 import torch
 
-import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
 
 from ..losses import native_coefficients, native_from_denoised
 from ..schedule import FLOW_SIGMA_LEVELS, flow_sigmas
-from .internals.model_facts import device_computes, supported_dtypes
+from .internals.model_facts import condition_tensors, device_computes, is_flux1, supported_dtypes
 
 Cond = dict[str, torch.Tensor]
 
@@ -65,19 +64,10 @@ def model_inputs(patcher: Any, cond: torch.Tensor, pooled: torch.Tensor | None, 
     unsupported = set(extras) - {"c_crossattn", "y", "guidance"}
     if unsupported:
         raise ValueError(f"ConceptPrism does not support models that need {sorted(unsupported)} (e.g. inpainting models).")
-    return {key: value.cond for key, value in extras.items()}
+    return condition_tensors(extras)
 
 
 TRAINED_FAMILIES = "SD1.x, SD2.x (incl. v-prediction), SDXL and FLUX.1 (dev, schnell)"
-
-
-def is_flux1(patcher: Any) -> bool:
-    """FLUX.1 dev or schnell: the host's model_base.Flux running its FLUX.1 transformer (unet_config
-    image_model "flux"). FLUX.2 (v0.8.0's model_base.Flux2, a subclass with image_model "flux2" and a Mistral
-    text encoder), Chroma and other Flux-derived models are not FLUX.1."""
-    model = patcher.model
-    image_model = getattr(getattr(model, "model_config", None), "unet_config", {}).get("image_model")
-    return isinstance(model, comfy.model_base.Flux) and type(model).__name__ == "Flux" and image_model == "flux"
 
 
 def prediction_target(sampling: Any, patcher: Any | None = None) -> str:
@@ -100,14 +90,12 @@ def prediction_target(sampling: Any, patcher: Any | None = None) -> str:
     return "v" if isinstance(sampling, comfy.model_sampling.V_PREDICTION) else "eps"
 
 
-def schedule_levels(patcher: Any) -> int:
-    """How many timestep indices a training plan draws from: the discrete schedule's length for eps and v
-    models (t ~ U{0..T-1}, paper Sec. 4.1), `FLOW_SIGMA_LEVELS` for flow models (sigma ~ U(0, 1], drawn directly:
-    FLUX's 10,000 stored sigmas are shifted, so a uniform index would not be a uniform sigma)."""
-    sampling = patcher.get_model_object("model_sampling")
-    if prediction_target(sampling, patcher) == "flow":
-        return FLOW_SIGMA_LEVELS
-    return int(sampling.sigmas.shape[0])
+def schedule_levels(sampling: Any, target: str) -> int:
+    """How many timestep indices a training plan draws from, for a model's sampling and native `target`: the
+    discrete schedule's length for eps and v models (t ~ U{0..T-1}, paper Sec. 4.1), `FLOW_SIGMA_LEVELS` for flow
+    models (sigma ~ U(0, 1], drawn directly: FLUX's 10,000 stored sigmas are shifted, so a uniform index would
+    not be a uniform sigma)."""
+    return FLOW_SIGMA_LEVELS if target == "flow" else int(sampling.sigmas.shape[0])
 
 
 def plan_sigmas(sampling: Any, kind: str, timesteps: Sequence[int]) -> torch.Tensor:
@@ -126,11 +114,10 @@ class Predictor:
     training_guard.loaded_training_clones); float16 compute asks the loops to scale the loss.
     """
 
-    def __init__(self, patcher: Any, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, patcher: Any, target: str, compute_dtype: torch.dtype = torch.float32) -> None:
         self.patcher = patcher
         self.sampling = patcher.get_model_object("model_sampling")
-        self.kind = prediction_target(self.sampling, patcher)
-        self.num_timesteps = schedule_levels(patcher)
+        self.kind = target
         self.loss_scaling = compute_dtype == torch.float16
         self.device = patcher.load_device
         self.transformer_options = dict(patcher.model_options.get("transformer_options", {}))
@@ -181,14 +168,14 @@ class PredictingBackend:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def check_text_encoders(model: Any, encoder_keys: set[str] | tuple[str, ...]) -> None:
+def check_text_encoders(flux: bool, encoder_keys: set[str] | tuple[str, ...] | dict[str, int]) -> None:
     """Raise ValueError, naming the fix, when the CLIP's text encoders (`encoder_keys`: clip_l, t5xxl, ...) are not
-    the MODEL's family's: FLUX.1 needs CLIP-L + T5-XXL, SD models have no T5."""
+    the MODEL's family's (`flux`: FLUX.1): FLUX.1 needs CLIP-L + T5-XXL, SD models have no T5."""
     keys = set(encoder_keys)
-    if is_flux1(model) and keys != {"clip_l", "t5xxl"}:
+    if flux and keys != {"clip_l", "t5xxl"}:
         raise ValueError(f"This FLUX.1 MODEL needs FLUX's text encoders (CLIP-L + T5-XXL), but the CLIP has {sorted(keys)}. "
                          "Load them with DualCLIPLoader (type flux: clip_l and t5xxl) and connect that CLIP.")
-    if not is_flux1(model) and "t5xxl" in keys:
+    if not flux and "t5xxl" in keys:
         raise ValueError(f"This MODEL is an SD model, but the CLIP has FLUX's/SD3's text encoders ({sorted(keys)}). Connect the "
                          "CLIP of the same checkpoint (Load Checkpoint's CLIP output), or load a FLUX.1 model.")
 

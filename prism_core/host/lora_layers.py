@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,10 +22,10 @@ import comfy.model_base
 import comfy.supported_models
 
 from ..lora_file import BaseFamily, layer_tensors
-from .diffusion import is_flux1
-from .internals.lora_adapters import (LoraDiff, adapter_from_file, flux_diffusers_map, lora_key_map, move_trainable,
-                                      new_adapter)
-from .internals.model_facts import reads_guidance
+
+if TYPE_CHECKING:
+    from .internals.lora_adapters import LoraDiff  # the host's trainable adapter
+from .internals.lora_adapters import adapter_from_file, flux_diffusers_map, lora_key_map, move_trainable, new_adapter
 from .internals.training_guard import uses_host_casts
 
 # Paper Sec. 3.4 / reference: to_q, to_k, to_v, to_out.0 of every UNet self- and cross-attention.
@@ -59,20 +59,20 @@ _FAMILIES = [  # checked in order: SDXL-derived configs first
 ]
 
 
-def base_family(model: Any) -> BaseFamily:
-    """The LoRA-relevant family of a MODEL, or a ValueError naming what is supported."""
+def lora_family(model: Any, flux: bool, dev: bool) -> tuple[BaseFamily | None, str]:
+    """(the LoRA-relevant family of a MODEL, "") or (None, why Stage 2 refuses it). `flux`: FLUX.1; `dev`: it reads
+    guidance (FLUX.1-dev, not schnell). Asked once per run, by family.describe."""
     config = model.model.model_config
     v_prediction = model.model.model_type == comfy.model_base.ModelType.V_PREDICTION
-    if is_flux1(model):
-        dev = reads_guidance(model)
+    if flux:
         return BaseFamily("flux1" if dev else "flux1-schnell", False, "flux1",
-                          "flux-1-dev/lora" if dev else "flux-1-schnell/lora")
+                          "flux-1-dev/lora" if dev else "flux-1-schnell/lora"), ""
     for config_class, name, kohya, modelspec in _FAMILIES:
         if isinstance(config, config_class):
             if name == "sd2" and v_prediction:
                 modelspec = "stable-diffusion-v2-768-v/lora"
-            return BaseFamily(name, v_prediction, kohya, modelspec)
-    raise ValueError(
+            return BaseFamily(name, v_prediction, kohya, modelspec), ""
+    return None, (
         f"ConceptPrism Stage 2 supports SD1.x, SD2.x, SDXL and FLUX.1 (dev, schnell); this MODEL is {type(config).__name__}. "
         "Load one of those, or use the Stage 1 tokens (Prism Conditioning, Save Prism Embedding) without a LoRA.")
 
@@ -93,10 +93,9 @@ def flux_targets(model: Any) -> dict[str, LoraTarget]:
     """{diffusers name: LoraTarget} for FLUX.1's attention projections (FLUX_ATTENTION_PROJECTION), from the
     host's own diffusers map (comfy.utils.flux_to_diffusers, which its LoRA loader uses), named as its loader's
     OneTrainer keys ('lora_transformer_transformer_blocks_0_attn_to_q')."""
-    config = model.model.model_config.unet_config
     weights = dict(model.model.named_parameters())
     targets = {}
-    for diffusers_key, to in flux_diffusers_map(config).items():
+    for diffusers_key, to in flux_diffusers_map(model).items():
         name = diffusers_key[:-len(".weight")] if diffusers_key.endswith(".weight") else None
         if name is None or not FLUX_ATTENTION_PROJECTION.match(name):
             continue
@@ -109,26 +108,15 @@ def flux_targets(model: Any) -> dict[str, LoraTarget]:
     return targets
 
 
-def lora_targets(model: Any) -> dict[str, LoraTarget]:
-    """{target key: LoraTarget} of the layers Stage 2 adapts on this MODEL (see the module docstring)."""
-    family = base_family(model)
+def lora_targets(model: Any, family: BaseFamily) -> dict[str, LoraTarget]:
+    """{target key: LoraTarget} of the layers Stage 2 adapts on this MODEL of `family` (see the module docstring);
+    the host's LoRA key map is read here, once per call: a run calls it once and passes the result on."""
     if family.name.startswith("flux"):
         return flux_targets(model)
     layers = attention_projections(model)
     modules = dict(model.model.named_modules())
     names = kohya_names(model, family, layers)
     return {layer: LoraTarget(f"{layer}.weight", None, tuple(modules[layer].weight.shape), names[layer]) for layer in layers}
-
-
-def layer_names(model: Any) -> list[str]:
-    """The target keys Stage 2 adapts (module names on SD, diffusers names on FLUX.1)."""
-    return list(lora_targets(model))
-
-
-def file_names(model: Any, keys: list[str]) -> dict[str, str]:
-    """{target key: name in the LoRA file} for `keys`."""
-    targets = lora_targets(model)
-    return {key: targets[key].file_name for key in keys}
 
 
 class RowSliceLoras(torch.nn.Module):
@@ -174,10 +162,9 @@ class WholeWeightLora(torch.nn.Module):
         return move_trainable(self, device)
 
 
-def weight_wrappers(model: Any, adapters: dict[str, LoraDiff]) -> dict[str, Any]:
+def weight_wrappers(targets: dict[str, LoraTarget], adapters: dict[str, LoraDiff]) -> dict[str, Any]:
     """{host weight key: weight function} putting `adapters` ({target key: adapter}) on a training clone:
     a WholeWeightLora for a whole weight, a RowSliceLoras for the slices of one fused weight."""
-    targets = lora_targets(model)
     whole: dict[str, Any] = {}
     sliced: dict[str, list] = {}
     for key, adapter in adapters.items():
@@ -208,10 +195,10 @@ def kohya_names(model: Any, family: BaseFamily, layer_names: list[str]) -> dict[
     return names
 
 
-def new_adapters(model: Any, layer_names: list[str], rank: int, alpha: float, seed: int) -> dict[str, LoraDiff]:
+def new_adapters(targets: dict[str, LoraTarget], layer_names: list[str], rank: int, alpha: float, seed: int
+                 ) -> dict[str, LoraDiff]:
     """Fresh host LoRA adapters (update 0: down starts at zero), float32 on CPU, seeded independently
-    of the global RNG and of the model's device; keyed by target key (`layer_names`)."""
-    targets = lora_targets(model)
+    of the global RNG and of the model's device; keyed by target key (`layer_names`, keys of `targets`)."""
     adapters = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

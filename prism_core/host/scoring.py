@@ -16,7 +16,7 @@ import torch
 import comfy.model_management
 
 from ..scores import ImageScore, clip_t_prompt, image_scores
-from .internals.host_helpers import dinov2_class
+from .internals.host_helpers import vision_kind
 from .internals.text_encoders import projected_pooled
 
 # Pairs of a CLIP vision file and a text encoder that are two halves of one CLIP model, for messages.
@@ -24,19 +24,6 @@ MATCHING_PAIRS = ("CLIP-ViT-bigG-14 / clip_vision_g (1280) with an SDXL checkpoi
                   "CLIP-ViT-H-14-laion2B-s32B-b79K (1024) with an SD 2.x checkpoint's CLIP; "
                   "openai clip-vit-large-patch14 (768) with SD3's clip_l (CLIPLoader, type stable_diffusion)")
 ENCODE_BATCH = 16
-
-
-def vision_kind(clip_vision: Any) -> str:
-    """'clip', 'siglip' or 'dinov2' for a CLIP_VISION, by what the host built; 'unknown' otherwise."""
-    model = getattr(clip_vision, "model", None)
-    if model is None or not hasattr(clip_vision, "encode_image"):
-        return "unknown"
-    dinov2 = dinov2_class()
-    if dinov2 is not None and isinstance(model, dinov2):
-        return "dinov2"
-    if getattr(clip_vision, "return_all_hidden_states", False):
-        return "siglip"  # the host sets this for SigLIP alone
-    return "clip" if hasattr(model, "visual_projection") else "unknown"
 
 
 def check_vision(clip_vision: Any, expected: str, input_name: str) -> None:

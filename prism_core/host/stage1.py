@@ -16,8 +16,8 @@ from ..loss_scaling import skipped_warning
 from ..optimize import optimize_tokens
 from ..token_bank import PrismTokens
 from . import runtime, text
-from .internals.model_facts import reads_guidance
-from .diffusion import check_text_encoders, encode_latents, is_flux1, prediction_target
+from .diffusion import encode_latents
+from .family import ModelFamily, describe
 from .previews import TrainingPreviews
 from .stage1_backend import ComfyStage1Backend
 
@@ -35,25 +35,16 @@ class RunOptions:
     guidance: float = 3.5
 
 
-FLUX_FROZEN_ENCODERS = ("clip_l",)
-
-
-def model_family(model: Any) -> str:
-    """"flux" for FLUX.1 (dev, schnell), else "sd" (SD1.x, SD2.x, SDXL; anything else is refused when training
-    starts, with the message of diffusion.prediction_target)."""
-    return "flux" if is_flux1(model) else "sd"
-
-
-def family_config(model: Any, config: TokenConfig, preset: str, flux_clip_l: str = "fixed") -> tuple[TokenConfig, str]:
+def family_config(family: ModelFamily, config: TokenConfig, preset: str, flux_clip_l: str = "fixed"
+                  ) -> tuple[TokenConfig, str]:
     """(config that runs, a line saying which values ran) for the node's preset (config.family_preset) and, on
     FLUX.1, whether CLIP-L rows are "fixed" (default, as the reference) or "learned"."""
-    family = model_family(model)
-    config = family_preset(config, family, preset)
-    if family != "flux":
+    config = family_preset(config, family.presets, preset)
+    if not family.flux:
         return config, "Stage 1"
     if flux_clip_l not in ("fixed", "learned"):
         raise ValueError(f"flux_clip_l must be 'fixed' or 'learned', got {flux_clip_l!r}.")
-    config = dataclasses.replace(config, frozen_encoders=FLUX_FROZEN_ENCODERS if flux_clip_l == "fixed" else ())
+    config = dataclasses.replace(config, frozen_encoders=family.frozen_encoders if flux_clip_l == "fixed" else ())
     return config, (f"Stage 1 FLUX.1 ({preset}: residual_length {config.residual_length}, beta {config.beta:g}, "
                     f"lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, accumulation "
                     f"{config.gradient_accumulation}, clip_l {flux_clip_l})")
@@ -95,29 +86,28 @@ def initial_vectors(backend: ComfyStage1Backend, captions: tuple[str, ...], conf
 def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: TokenConfig,
                  options: RunOptions = RunOptions(),
                  on_step: Callable[[int, int, float, float], None] | None = None,
-                 previews: TrainingPreviews | None = None, node_id: str | None = None) -> PrismTokens:
+                 previews: TrainingPreviews | None = None, node_id: str | None = None,
+                 family: ModelFamily | None = None) -> PrismTokens:
     """Paper Algorithm 1 on a MODEL/CLIP/VAE. The incoming objects are left as they were. `previews`, if
     given, renders the current tokens on the incoming MODEL every N steps (prism_core.host.previews). Raises
     ValueError before any work for a model family the pack does not train (diffusion.prediction_target) and
     for a FLUX.1 model without FLUX's text encoders; loss_scaling.NothingTrainedError when float16 overflow
     skipped every update. Skipped updates are counted in the settings (skipped_steps) and, when they are more
-    than a few, warned about in the console and on node `node_id`."""
-    prediction_target(model.get_model_object("model_sampling"), model)
-    widths = text.encoder_widths(clip)
+    than a few, warned about in the console and on node `node_id`. `family`: the node's, decided once
+    (family.describe; decided here when not given)."""
+    family = family or describe(model, clip)
+    widths = family.encoder_widths
     lengths = text.slot_lengths_for(
         {k: torch.empty(config.target_length, w) for k, w in widths.items()},
         {k: torch.empty(len(concept), config.residual_length, w) for k, w in widths.items()})
-    flux = is_flux1(model)
-    guided = reads_guidance(model)
-    check_text_encoders(model, widths)
     if config.frozen_encoders is None:
-        config = dataclasses.replace(config, frozen_encoders=FLUX_FROZEN_ENCODERS if flux else ())
+        config = dataclasses.replace(config, frozen_encoders=family.frozen_encoders)
     with torch.inference_mode(False):
         latents = encode_latents(model, vae, concept.images.clone())
         check_training_inputs(concept.images, latents, concept.names, concept.source)
         backend = ComfyStage1Backend(model, clip, lengths, concept.resolution, options.max_batch,
                                      options.training_dtype, options.gradient_checkpointing,
-                                     options.guidance if flux else None)
+                                     family.guidance_input(options.guidance), family)
         with backend:
             target, residuals, starts = initial_vectors(backend, concept.captions, config)
             target, residuals, history = optimize_tokens(backend, latents, target, residuals, config, on_step,
@@ -125,7 +115,7 @@ def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: T
     settings = {**config.to_dict(), "resolution": concept.resolution, "residual_init": starts,
                 "training_dtype": backend.compute_dtype, "clip_layer": text.clip_layer(clip),
                 "prediction_target": backend.target_kind, "skipped_steps": len(history.skipped),
-                **({"guidance": options.guidance} if guided else {})}
+                **({"guidance": options.guidance} if family.reads_guidance else {})}
     report_skipped_steps("Stage 1", history.skipped, config.steps, "tokens", node_id)
     return PrismTokens(target, residuals, list(concept.captions), list(concept.names), settings, history)
 

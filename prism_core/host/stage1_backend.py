@@ -9,7 +9,8 @@ import torch
 from ..optimize import Cond, Prompt, SlotVectors
 from . import text
 from .internals import training_guard
-from .diffusion import TRAINING_DTYPES, PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs, schedule_levels  # noqa: F401 (re-exported)
+from .diffusion import TRAINING_DTYPES, PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs  # noqa: F401 (re-exported)
+from .family import ModelFamily, describe
 
 
 class ComfyStage1Backend(PredictingBackend):
@@ -22,11 +23,12 @@ class ComfyStage1Backend(PredictingBackend):
 
     def __init__(self, model: Any, clip: Any, slot_lengths: dict[str, dict[str, int]], resolution: int,
                  max_batch: int = 8, training_dtype: str = "float32", checkpointing: bool = False,
-                 guidance: float | None = None) -> None:
+                 guidance: float | None = None, family: ModelFamily | None = None) -> None:
         self.model, self.clip, self.slot_lengths, self.guidance = model, clip, slot_lengths, guidance
+        self.family = family or describe(model)  # a run passes the one it decided
         self.resolution, self.max_batch = resolution, max_batch
         self.training_dtype, self.checkpointing = training_dtype, checkpointing
-        self.num_timesteps = schedule_levels(model)
+        self.num_timesteps = self.family.schedule_levels
         self._tokens: dict[Prompt, dict[str, list]] = {}
         self._stack = contextlib.ExitStack()
 
@@ -35,7 +37,7 @@ class ComfyStage1Backend(PredictingBackend):
         self.compute_dtype = dtype_name(compute_dtype)
         self.train_model, self.train_clip = self._stack.enter_context(training_guard.loaded_training_clones(
             self.model, self.clip, checkpointing=self.checkpointing, compute_dtype=compute_dtype))
-        self._predictor = Predictor(self.train_model, compute_dtype)
+        self._predictor = Predictor(self.train_model, self.family.target, compute_dtype)
         self.loss_scaling = self._predictor.loss_scaling
         self.target_kind = self._predictor.kind
         self.device = self._predictor.device

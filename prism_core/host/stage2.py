@@ -19,10 +19,11 @@ from ..optimize import Cond, reconstruction_prompt
 from ..token_bank import PrismTokens
 from . import diffusion, lora_layers, text
 from .internals import training_guard
-from .diffusion import PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs, schedule_levels
+from .diffusion import PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
+from .family import ModelFamily, describe
+from .lora_layers import LoraTarget
 from .previews import TrainingPreviews
 from .resume_point import resume_point
-from .internals.model_facts import reads_guidance
 from .stage1 import RunOptions, report_skipped_steps
 
 log = logging.getLogger("ConceptPrism")
@@ -35,19 +36,23 @@ class ComfyStage2Backend(PredictingBackend):
     """
 
     def __init__(self, model: Any, adapters: dict[str, torch.nn.Module], max_batch: int = 4,
-                 training_dtype: str = "float32", checkpointing: bool = False) -> None:
+                 training_dtype: str = "float32", checkpointing: bool = False, family: ModelFamily | None = None,
+                 targets: dict[str, LoraTarget] | None = None) -> None:
         self.model, self.adapters, self.max_batch = model, adapters, max_batch
         self.training_dtype, self.checkpointing = training_dtype, checkpointing
-        self.num_timesteps = schedule_levels(model)
+        # A run passes the family and LoRA targets it decided; without them they are decided here.
+        self.family = family or describe(model)
+        self.targets = targets if targets is not None else lora_layers.lora_targets(model, self.family.stage2())
+        self.num_timesteps = self.family.schedule_levels
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "ComfyStage2Backend":
-        wrappers = lora_layers.weight_wrappers(self.model, self.adapters)
+        wrappers = lora_layers.weight_wrappers(self.targets, self.adapters)
         compute_dtype = resolve_dtype(self.training_dtype, self.model)
         self.compute_dtype = dtype_name(compute_dtype)
         self.train_model, _ = self._stack.enter_context(training_guard.loaded_training_clones(
             self.model, None, wrappers, self.checkpointing, compute_dtype))
-        self._predictor = Predictor(self.train_model, compute_dtype)
+        self._predictor = Predictor(self.train_model, self.family.target, compute_dtype)
         self.loss_scaling = self._predictor.loss_scaling
         return self
 
@@ -98,7 +103,7 @@ def train_concept_lora(
     on_step: Callable[[int, int, float], None] | None = None,
     on_checkpoint: Callable[[LoraWeights], None] | None = None,
     previews: TrainingPreviews | None = None,
-    node_id: str | None = None,
+    node_id: str | None = None, family: ModelFamily | None = None,
 ) -> LoraRun:
     """Paper Algorithm 2 on a MODEL/CLIP/VAE. The incoming objects are left as they were; the LoRA
     lives on a training clone only. `resume` continues a saved LoRA and its step count, if it was trained
@@ -107,33 +112,32 @@ def train_concept_lora(
     Updates skipped for float16 overflow are counted in the header (skipped_steps, per run and in total) and,
     when more than a few, warned about in the console and on node `node_id`; a run with every update skipped
     raises loss_scaling.NothingTrainedError. Guidance is recorded and compared only when the model reads it
-    (model_facts.reads_guidance: FLUX.1-dev, not schnell)."""
-    target_kind = diffusion.prediction_target(model.get_model_object("model_sampling"), model)
-    family = lora_layers.base_family(model)
-    flux = family.name.startswith("flux")
-    diffusion.check_text_encoders(model, text.encoder_widths(clip))
+    (model_facts.reads_guidance: FLUX.1-dev, not schnell). `family`: the node's, decided once (family.describe;
+    decided here when not given)."""
+    family = family or describe(model, clip)
+    lora_family = family.stage2()
+    flux, guided = family.flux, family.reads_guidance
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
-    guided = reads_guidance(model)
     learned_guidance = tokens.settings.get("guidance")
     if guided and learned_guidance is not None and learned_guidance != options.guidance:
         log.warning("ConceptPrism Prism LoRA Train: these tokens were learned with guidance %s, this run uses %s. Use the "
                     "same guidance as Stage 1 (and when sampling) unless you mean to change it.", learned_guidance, options.guidance)
-    targets = lora_layers.lora_targets(model)  # the host's key map, read once per run
+    targets = lora_layers.lora_targets(model, lora_family)  # the host's key map, read once per run
     layers = list(targets)
     names = {key: target.file_name for key, target in targets.items()}
     training_dtype = dtype_name(resolve_dtype(options.training_dtype, model))
-    start = resume_point(resume, family, tokens, concept, config, training_dtype,
+    start = resume_point(resume, lora_family, tokens, concept, config, training_dtype,
                          {"guidance": options.guidance} if guided else None)
     start_step, earlier_loss = start.start_step, start.loss
     with torch.inference_mode(False):
-        conds = training_conditionings(model, clip, tokens, concept.resolution, options.guidance if flux else None)
+        conds = training_conditionings(model, clip, tokens, concept.resolution, family.guidance_input(options.guidance))
         latents = encode_latents(model, vae, concept.images.clone())
         check_training_inputs(concept.images, latents, concept.names, concept.source)
         if resume is not None:
             adapters = lora_layers.adapters_from_file(names, dict(resume))
         else:
-            adapters = lora_layers.new_adapters(model, layers, config.rank, config.alpha, config.seed)
+            adapters = lora_layers.new_adapters(targets, layers, config.rank, config.alpha, config.seed)
         rank = next(iter(adapters.values())).rank
         alpha = float(next(iter(adapters.values())).alpha)
         if resume is not None and (rank, alpha) != (config.rank, config.alpha):
@@ -141,14 +145,14 @@ def train_concept_lora(
         settings = {**config.to_dict(), "rank": rank, "alpha": alpha, "resolution": concept.resolution,
                     "training_dtype": training_dtype,
                     "layers": lora_layers.FLUX_LAYERS if flux else "attention (to_q, to_k, to_v, to_out.0)",
-                    "clip_layer": text.clip_layer(clip), "prediction_target": target_kind,
+                    "clip_layer": text.clip_layer(clip), "prediction_target": family.target,
                     **({"guidance": options.guidance} if guided else {})}
         skipped: list[int] = []  # this run's steps whose update float16 overflow skipped
 
         def snapshot(steps_done: int, loss: list[float]) -> LoraWeights:
             ran = {**settings, "skipped_steps": len(skipped)}
             return LoraWeights(lora_layers.adapter_tensors(adapters, names),
-                               lora_metadata(family, rank, alpha, steps_done, ran, tokens, earlier_loss + loss,
+                               lora_metadata(lora_family, rank, alpha, steps_done, ran, tokens, earlier_loss + loss,
                                              start.images, start.runs_until(ran, steps_done)))
 
         loss: list[float] = []
@@ -160,7 +164,7 @@ def train_concept_lora(
 
         checkpoint = (lambda step: on_checkpoint(snapshot(step, loss))) if on_checkpoint is not None else None
         with ComfyStage2Backend(model, adapters, options.max_batch, options.training_dtype,
-                                options.gradient_checkpointing) as backend:
+                                options.gradient_checkpointing, family, targets) as backend:
             preview = None
             if previews is not None and previews.settings.every > 0:
                 def preview(step: int) -> None:

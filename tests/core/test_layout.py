@@ -32,7 +32,8 @@ INTERNAL_ATTRIBUTES = {
     "find_all_highest_child_module_with_forward", "add_weight_wrapper", "set_model_compute_dtype", "backup",
     "weight_function", "cast_bias_weight", "is_dynamic", "move_weight_functions", "LoRAAdapter", "create_train",
     "to_train", "model_lora_keys_unet", "flux_to_diffusers", "should_use_fp16", "should_use_bf16",
-    "supported_inference_dtypes", "IMAGE_ENCODERS", "validate_node_input"}
+    "supported_inference_dtypes", "IMAGE_ENCODERS", "validate_node_input", "unet_config", "cond",
+    "return_all_hidden_states", "visual_projection", "disable_dynamic"}
 THIRD_PARTY_ALLOWED = {"torch", "safetensors", "numpy", "PIL"}
 HOST_MODULES = {"comfy", "comfy_extras", "comfy_api", "comfy_execution", "folder_paths", "server", "execution", "nodes", "node_helpers"}
 
@@ -50,9 +51,19 @@ def imports(path: Path) -> list[tuple[int, str]]:
 
 
 def internal_attributes_read(path: Path) -> list[tuple[int, str]]:
-    """(line, name) for every attribute read `.name` in the file whose name is in INTERNAL_ATTRIBUTES."""
-    return [(node.lineno, node.attr) for node in ast.walk(ast.parse(path.read_text(), str(path)))
-            if isinstance(node, ast.Attribute) and node.attr in INTERNAL_ATTRIBUTES]
+    """(line, name) for every name in INTERNAL_ATTRIBUTES the file reads: as an attribute (`.name`), imported by
+    name (`from comfy.x import name`), or as a string given to getattr/hasattr/setattr/delattr."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr in INTERNAL_ATTRIBUTES:
+            found.append((node.lineno, node.attr))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found += [(node.lineno, a.name) for a in node.names if a.name in INTERNAL_ATTRIBUTES]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "hasattr", "setattr", "delattr") and len(node.args) >= 2
+              and isinstance(node.args[1], ast.Constant) and node.args[1].value in INTERNAL_ATTRIBUTES):
+            found.append((node.lineno, node.args[1].value))
+    return found
 
 
 def test_the_files_are_there():
@@ -99,20 +110,24 @@ def test_only_the_contract_touches_host_internals(path):
 
 
 def test_internal_names_are_the_contracts():
-    contract = (INTERNALS / "contract.py").read_text()
-    assert any(internal_attributes_read(p) for p in INTERNALS.glob("*.py")), "internals/ reads no host internals"
-    for name in ("load_embed", "SDTokenizer", "SDClipModel", "CLIPLayer", "T5LayerFF", "T5LayerSelfAttention",
-                 "DoubleStreamBlock", "apply_rope", "guidance_embed", "find_all_highest_child_module_with_forward",
-                 "add_weight_wrapper", "move_weight_functions", "LoRAAdapter", "model_lora_keys_unet",
-                 "flux_to_diffusers", "should_use_fp16", "IMAGE_ENCODERS", "validate_node_input"):
-        assert name in contract, f"{name} is touched in internals/ but contract.py does not list it"
+    """INTERNAL_ATTRIBUTES holds no dead names (each is read in internals/), and every entry of contract.INTERNALS
+    is named by one of them, so the layout check and the contract cover the same internals."""
+    from comfyui_conceptprism.prism_core.host.internals import contract
+    source = "\n".join(p.read_text() for p in INTERNALS.glob("*.py") if p.name != "contract.py")
+    dead = sorted(name for name in INTERNAL_ATTRIBUTES if not re.search(rf"\b{name}\b", source))
+    assert not dead, f"listed but used nowhere in internals/ (outside the contract's probes): {dead}"
+    for internal in contract.INTERNALS:
+        names = set(re.findall(r"\w+", internal.symbol + " " + internal.why))
+        assert names & INTERNAL_ATTRIBUTES, f"{internal.symbol}: none of its names is in INTERNAL_ATTRIBUTES"
 
 
 def test_the_internals_check_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("import comfy.sd1_clip\nx = clip.cond_stage_model.encode_token_weights(t)\n")
+    bad.write_text("import comfy.sd1_clip\nfrom comfy.utils import flux_to_diffusers\n"
+                   "x = clip.cond_stage_model.encode_token_weights(t)\ny = getattr(clip, 'layer_idx')\n")
     assert (0, "comfy.sd1_clip") in imports(bad) and "comfy.sd1_clip" not in PUBLIC_HOST_MODULES
-    assert [name for _, name in internal_attributes_read(bad)] == ["encode_token_weights", "cond_stage_model"]
+    assert sorted(name for _, name in internal_attributes_read(bad)) == [
+        "cond_stage_model", "encode_token_weights", "flux_to_diffusers", "layer_idx"]
 
 
 

@@ -24,6 +24,7 @@ import comfy.model_management  # noqa: E402
 
 import tiny_models  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.family import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import ComfyStage2Backend  # noqa: E402
 
@@ -102,7 +103,7 @@ def test_stage1_weight_copies_follow_the_hosts_load(family, stand_in_device):
 def test_stage2_lora_adapters_follow_the_hosts_load(family, stand_in_device):
     models = _on_stand_in(family)
     model = models.model
-    adapters = lora_layers.new_adapters(model, lora_layers.layer_names(model), rank=2, alpha=2.0, seed=0)
+    adapters = lora_layers.new_adapters(stage2_targets(model), list(stage2_targets(model)), rank=2, alpha=2.0, seed=0)
     assert {p.device.type for p in lora_layers.adapter_parameters(adapters)} == {"cpu"}
     with torch.inference_mode(False):
         with ComfyStage2Backend(model, adapters, training_dtype="float32") as backend:
@@ -131,7 +132,7 @@ def test_auto_precision_of_both_backends_on_a_stand_in_gpu(family, want, stand_i
     widths = text.encoder_widths(models.clip)
     lengths = text.slot_lengths_for({k: torch.empty(1, w) for k, w in widths.items()},
                                     {k: torch.empty(2, 1, w) for k, w in widths.items()})
-    adapters = lora_layers.new_adapters(models.model, lora_layers.layer_names(models.model), rank=2, alpha=2.0, seed=0)
+    adapters = lora_layers.new_adapters(stage2_targets(models.model), list(stage2_targets(models.model)), rank=2, alpha=2.0, seed=0)
     with torch.inference_mode(False):
         with ComfyStage1Backend(models.model, models.clip, lengths, 32, training_dtype="auto") as stage1:
             assert (stage1.compute_dtype, stage1.loss_scaling) == (want, want == "float16")

@@ -21,7 +21,8 @@ from comfyui_conceptprism.prism_core.config import TokenConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.init import content_free_rows, repeated_vector  # noqa: E402
 from comfyui_conceptprism.prism_core.host import text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals import text_encoders  # noqa: E402
-from comfyui_conceptprism.prism_core.host.stage1 import FLUX_FROZEN_ENCODERS, learn_tokens  # noqa: E402
+from comfyui_conceptprism.prism_core.host.family import FLUX_FROZEN_ENCODERS  # noqa: E402
+from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend  # noqa: E402
 
 CAPTIONS = (("a red ball on green grass", "a red ball in the snow"),

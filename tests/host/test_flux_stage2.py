@@ -28,6 +28,7 @@ from comfyui_conceptprism.prism_core.lora_train import step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.family import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import (  # noqa: E402
     ComfyStage2Backend, apply_lora, train_concept_lora, training_conditionings)
@@ -55,7 +56,7 @@ def _tokens(models, n=3, residual_length=1, seed=7):
 
 
 def _randomised_adapters(model, seed=1, scale=0.05, alpha=2.0):
-    adapters = lora_layers.new_adapters(model, lora_layers.layer_names(model), rank=4, alpha=alpha, seed=seed)
+    adapters = lora_layers.new_adapters(stage2_targets(model), list(stage2_targets(model)), rank=4, alpha=alpha, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for adapter in adapters.values():
@@ -83,7 +84,7 @@ def test_loss_equals_the_hosts_patching_of_the_saved_file_and_only_attention_is_
     models = tiny(family)
     tokens, concept = _tokens(models), _concept()
     adapters = _randomised_adapters(models.model)
-    names = lora_layers.file_names(models.model, list(adapters))
+    names = {k: stage2_targets(models.model)[k].file_name for k in list(adapters)}
     weights = LoraWeights(lora_layers.adapter_tensors(adapters, names), {})
 
     # Only the attention projections: the file's names map (host key map) onto exactly the test's list, and

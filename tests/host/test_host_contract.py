@@ -7,7 +7,9 @@ fail on a host whose symbol changed (monkeypatched), and the run-time refusal is
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import uuid
 from typing import Any, Iterator
 
 import pytest
@@ -26,9 +28,11 @@ import comfy.model_patcher  # noqa: E402
 import comfy.sd1_clip  # noqa: E402
 import comfy.text_encoders.t5  # noqa: E402
 import comfy.utils  # noqa: E402
+import execution  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
-from graph_helpers import CAPTURED, register_test_nodes, run_graph, stage1_graph, write_images  # noqa: E402
+from graph_helpers import CAPTURED, new_executor, register_test_nodes, stage1_graph, write_images  # noqa: E402
+from host_setup import fake_server  # noqa: E402
 from host_checks import RES, oracle_cond  # noqa: E402
 from comfyui_conceptprism.prism_core.host import text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals import (contract, embedding_lookup, host_helpers,  # noqa: E402
@@ -127,6 +131,15 @@ def test_sd_clip_model(tiny):
         torch.testing.assert_close(pooled, host_pooled, rtol=0, atol=0)
         projected = text_encoders.projected_pooled(models.clip, tokens)
         assert projected is not None and projected.shape == host_pooled.shape
+        # Learned vectors are spliced in as tensors in the token lists (process_tokens): a word's own input-embedding
+        # rows spliced where the word stands encode exactly as the word does.
+        word = {k: text_encoders.tokenizer_for(models.clip, k).tokenizer("red")["input_ids"][1] for k in ("clip_l", "clip_g")}
+        spliced = {k: [[(text_encoders.input_embedding_table(models.clip, "clip_" + k).detach()[t].clone()
+                         if t == word["clip_" + k] else t, *rest) for t, *rest in chunk] for chunk in chunks]
+                   for k, chunks in tokens.items()}
+        assert sum(isinstance(t, torch.Tensor) for chunks in spliced.values() for c in chunks for t, *_ in c) == 2
+        cond_spliced, _ = text_encoders.encode_token_weights(models.clip, spliced)
+        torch.testing.assert_close(cond_spliced, host_cond, rtol=1e-5, atol=1e-5)
 
 
 def test_clip_object(tiny):
@@ -257,6 +270,27 @@ def test_flux_rope(tiny):
             torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
 
 
+def test_flux_identity(tiny):
+    with guarding("comfy.supported_models.Flux.unet_config"):
+        import tiny_models
+        assert model_facts.is_flux1(tiny("flux").model) and model_facts.is_flux1(tiny("flux-schnell").model)
+        assert not model_facts.is_flux1(tiny("sd15").model)
+        if hasattr(comfy.supported_models, "Flux2"):  # releases with FLUX.2 (v0.8.0 on): a Flux subclass, not FLUX.1
+            flux2 = tiny_models.flux2_shaped()
+            assert not model_facts.is_flux1(comfy.model_patcher.ModelPatcher(flux2, torch.device("cpu"), torch.device("cpu")))
+
+
+def test_model_inputs(tiny):
+    with guarding("comfy.conds.CONDRegular.cond"):
+        from comfyui_conceptprism.prism_core.host.diffusion import model_inputs
+        models = tiny("sdxl")
+        cond, extra = oracle_cond(models, "a red ball")
+        pooled = models.clip.encode_from_tokens(models.clip.tokenize("a red ball"), return_pooled=True)[1]
+        inputs = model_inputs(models.model, cond, pooled, RES, torch.device("cpu"))
+        assert set(inputs) == {"c_crossattn", "y"} and torch.equal(inputs["c_crossattn"], cond)
+        torch.testing.assert_close(inputs["y"], extra["y"], rtol=0, atol=0)  # the host's own encode_adm
+
+
 def test_flux_guidance(tiny):
     with guarding("comfy.ldm.flux.model.FluxParams.guidance_embed"):
         assert model_facts.reads_guidance(tiny("flux").model) is True
@@ -269,12 +303,21 @@ def test_flux_guidance(tiny):
 def test_checkpointing_helpers(tiny):
     with guarding("comfy_extras.nodes_train.find_all_highest_child_module_with_forward / patch"):
         models = tiny("sd15")
-        diffusion_model = models.model.model.diffusion_model
-        with training_guard.restore_modules(diffusion_model):
-            training_guard.gradient_checkpointing(diffusion_model)
-            patched = [m for m in diffusion_model.modules() if "forward" in m.__dict__]
-            assert patched, "no block was given a checkpointed forward"
-        assert not [m for m in diffusion_model.modules() if "forward" in m.__dict__]
+        cond, extra = oracle_cond(models, "a red ball")
+        z = torch.randn(1, 4, RES // 8, RES // 8, generator=torch.Generator().manual_seed(3))
+        results = []
+        for checkpointing in (False, True):
+            with torch.inference_mode(False), training_guard.loaded_training_clones(
+                    models.model, checkpointing=checkpointing) as (clone, _):
+                patched = [m for m in clone.model.diffusion_model.modules() if "forward" in m.__dict__]
+                assert bool(patched) is checkpointing
+                leaf = cond.detach().clone().requires_grad_(True)
+                out = clone.model.apply_model(z, torch.tensor([2.0]), c_crossattn=leaf, **extra)
+                grad, = torch.autograd.grad(out.pow(2).sum(), [leaf])
+                results.append((out.detach(), grad))
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+        torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-6, atol=1e-7)
+        assert not [m for m in models.model.model.diffusion_model.modules() if "forward" in m.__dict__]
 
 
 def test_weight_wrappers(tiny):
@@ -303,20 +346,36 @@ def test_weight_wrappers(tiny):
 def test_dynamic_clone(tiny):
     with guarding("comfy.model_patcher.ModelPatcher.clone(disable_dynamic=True)"):
         models = tiny("sd15")
-        dynamic = training_guard.is_dynamic(models.model)
-        assert dynamic is False  # the CPU host loads with the plain patcher
+        assert training_guard.is_dynamic(models.model) is False  # the CPU host loads with the plain patcher
         assert training_guard.static_patcher(models.model) is models.model
         assert training_guard.static_clip(models.clip) is models.clip
+        if hasattr(comfy.model_patcher.ModelPatcher, "is_dynamic"):  # a host with dynamic VRAM: the reload path
+            clone = models.model.clone(disable_dynamic=True)
+            assert not training_guard.is_dynamic(clone) and clone.model is models.model.model
 
 
 def test_dtype_choice(tiny):
     with guarding("comfy.model_management.should_use_fp16 / should_use_bf16"):
-        model = tiny("sd15").model
-        assert model_facts.supported_dtypes(model) == tuple(model.model.model_config.supported_inference_dtypes)
+        flux, sd = tiny("flux").model, tiny("sd15").model
+        assert model_facts.supported_dtypes(sd) == tuple(sd.model.model_config.supported_inference_dtypes)
+        assert model_facts.supported_dtypes(flux)[0] == torch.bfloat16  # FLUX.1's config lists bfloat16 first
         cpu = torch.device("cpu")
         assert model_facts.device_computes(cpu, torch.float32) is True
-        assert model_facts.device_computes(cpu, torch.float16) in (True, False)
-        assert model_facts.device_computes(cpu, torch.bfloat16) in (True, False)
+        for dtype, host in ((torch.float16, comfy.model_management.should_use_fp16),
+                            (torch.bfloat16, comfy.model_management.should_use_bf16)):
+            assert model_facts.device_computes(cpu, dtype) is bool(host(cpu, prioritize_performance=False))
+        calls = []
+        original = comfy.model_management.should_use_bf16
+
+        def spy(device=None, model_params=0, prioritize_performance=True, manual_cast=False):
+            calls.append((device, prioritize_performance))
+            return True
+        comfy.model_management.should_use_bf16 = spy
+        try:
+            assert model_facts.device_computes(torch.device("cuda"), torch.bfloat16) is True
+        finally:
+            comfy.model_management.should_use_bf16 = original
+        assert calls == [(torch.device("cuda"), False)]  # asked whether the card computes it, not what is fastest
 
 
 # --- Stage 2 adapters ---------------------------------------------------------------------------------------
@@ -367,7 +426,7 @@ def test_lora_keys(tiny):
         attention = [k for k, v in keys.items() if v.endswith("attn2.to_k.weight") and k.startswith("lora_unet_")]
         assert attention and all(keys[k] in dict(tiny("sd15").model.model.named_parameters()) for k in attention)
         flux = tiny("flux").model
-        diffusers = lora_adapters.flux_diffusers_map(flux.model.model_config.unet_config)
+        diffusers = lora_adapters.flux_diffusers_map(flux)
         to_q = diffusers["transformer_blocks.0.attn.to_q.weight"]
         weight_key, (dim, offset, size) = to_q
         assert weight_key == "diffusion_model.double_blocks.0.img_attn.qkv.weight" and (dim, offset) == (0, 0)
@@ -379,9 +438,11 @@ def test_lora_keys(tiny):
 def test_image_encoders():
     with guarding("comfy.clip_vision.IMAGE_ENCODERS"):
         import tiny_models
-        from comfyui_conceptprism.prism_core.host.scoring import vision_kind
+        from comfyui_conceptprism.prism_core.host.internals.host_helpers import vision_kind
         assert host_helpers.dinov2_class() is not None
         assert vision_kind(tiny_models.clip_vision("dinov2")) == "dinov2"
+        assert vision_kind(tiny_models.clip_vision("clip")) == "clip"
+    with guarding("comfy.clip_vision.ClipVisionModel"):
         assert vision_kind(tiny_models.clip_vision("clip")) == "clip"
 
 
@@ -423,27 +484,130 @@ def test_the_clip_layer_guard_fails_when_the_hosts_forward_changes(tiny, monkeyp
         check_clip_layer(tiny("sd15"))
 
 
-def test_a_changed_internal_is_refused_through_the_executor_before_any_work(tiny, tmp_path, monkeypatch):
-    """Optimize Prism Tokens on a host whose load_embed changed: the executor reports the node's refusal (version,
-    symbol, what to do), no training step ran, nothing downstream ran."""
-    register_test_nodes(tiny)
-    folder = write_images(tmp_path / "concept", 3)
-
+def _changed_load_embed(monkeypatch) -> None:
     def changed(embedding_name, embedding_directory):
         return None
+    changed.__module__ = "comfy.sd1_clip"  # ComfyUI's own, changed (not another custom node's replacement)
     monkeypatch.setattr(comfy.sd1_clip, "load_embed", changed)
+
+
+def _check_refusal(message: str) -> None:
+    assert f"ComfyUI {contract.comfyui_version()}" in message and "comfy.sd1_clip.load_embed" in message
+    assert contract.advice(contract.comfyui_version(), False) in message and "update conceptprism" in message.lower()
+    assert "Traceback" not in message
+
+
+def test_a_changed_internal_is_refused_when_the_graph_is_validated(tiny, tmp_path, monkeypatch):
+    """Queued on a host whose load_embed changed: the host's own validation refuses Optimize Prism Tokens with the
+    contract's message (version, symbol, what to do), before any node runs (no model is loaded)."""
+    register_test_nodes(tiny)
+    graph = stage1_graph(write_images(tmp_path / "concept", 3), steps=2)
+    _changed_load_embed(monkeypatch)
+    valid = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), graph, None))
+    assert not valid[0]
+    node_errors = valid[3]["3"]["errors"]
+    assert node_errors and node_errors[0]["type"] == "custom_validation_failed", node_errors
+    _check_refusal(node_errors[0]["details"])  # "gradient_checkpointing - <the refusal>": the host names an input
+
+
+def test_a_changed_internal_is_refused_through_the_executor_before_any_work(tiny, tmp_path, monkeypatch):
+    """The node's own run-time check, through the executor (the graph was validated before the host changed):
+    the executor reports the refusal, no training step ran, nothing downstream ran."""
+    register_test_nodes(tiny)
+    graph = stage1_graph(write_images(tmp_path / "concept", 3), steps=2)
+    valid = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), graph, None))
+    assert valid[0], valid
+    _changed_load_embed(monkeypatch)
     progress = []
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: progress.append(node_id))
     CAPTURED.clear()
+    server = fake_server()
+    executor = new_executor(server)
     try:
-        executor, server = run_graph(stage1_graph(folder, steps=2))
+        executor.execute(graph, str(uuid.uuid4()), {"client_id": server.client_id}, valid[2])
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
     assert not executor.success
     errors = [data for event, data in server.messages if event == "execution_error"]
     assert errors and errors[0]["node_type"] == "ConceptPrismOptimizePrismTokens", server.messages
-    message = errors[0]["exception_message"]
-    assert f"ComfyUI {contract.comfyui_version()}" in message and "comfy.sd1_clip.load_embed" in message
-    assert "Update ConceptPrism" in message and contract.CHECKED_RELEASES[-1] in message
-    assert "Traceback" not in message and errors[0]["exception_type"].endswith("HostContractError")
+    _check_refusal(errors[0]["exception_message"])
+    assert errors[0]["exception_type"].endswith("HostContractError")
     assert "3" not in progress and not CAPTURED  # no step of Stage 1, no sampling after it
+
+
+def test_the_advice_fits_the_release():
+    newest, oldest = contract.CHECKED_RELEASES[-1], contract.CHECKED_RELEASES[0]
+    newer = contract.advice("99.0.0", False)
+    assert "Update ConceptPrism" in newer and f"run ComfyUI {newest}" in newer
+    assert "Update ComfyUI" in contract.advice("0.3.1", False) and oldest in contract.advice("0.3.1", False)
+    assert "differs from the released" in contract.advice(newest, False)
+    assert "Another custom node" in contract.advice(newest, True)
+
+
+def test_a_symbol_another_custom_node_replaced_is_named(monkeypatch):
+    def replaced(embedding_name, embedding_directory):  # the call form of some other pack's wrapper
+        return None
+    replaced.__module__ = "custom_nodes.some_other_pack.hooks"
+    monkeypatch.setattr(comfy.sd1_clip, "load_embed", replaced)
+    with pytest.raises(contract.HostContractError) as refused:
+        contract.require("Prism Conditioning", contract.TOKENS)
+    assert "custom_nodes.some_other_pack.hooks, another custom node" in str(refused.value)
+    assert "Another custom node replaced it" in str(refused.value)
+
+
+def _deletable(internal: contract.Internal) -> tuple[Any, str] | None:
+    """(owner, attribute name) of the internal's first symbol when it is an attribute a host could lack; None for
+    an instance attribute or a dataclass field (CONDRegular.cond, FluxParams.guidance_embed), which their probes
+    read from the class's code instead."""
+    parent_name, attribute = internal.symbol.split(" / ")[0].split("(")[0].rsplit(".", 1)
+    parent = contract._resolve(parent_name)
+    if not hasattr(parent, attribute) or attribute in getattr(parent, "__dataclass_fields__", {}):
+        return None
+    return parent, attribute
+
+
+@pytest.mark.parametrize("internal", [i for i in contract.INTERNALS if _deletable(i)], ids=lambda i: i.symbol)
+def test_a_host_without_the_internal_still_loads_the_pack_and_refuses_by_name(internal, monkeypatch):
+    """Each internal deleted from the host: the pack's nodes still import (ComfyUI lists them), and the uses that
+    need it are refused naming it, instead of an import failure that hides every node."""
+    import importlib
+    import sys
+    parent, attribute = _deletable(internal)
+    monkeypatch.delattr(parent, attribute)
+    pack = {name: module for name, module in sys.modules.items() if name.startswith("comfyui_conceptprism.")}
+    for name in pack:
+        monkeypatch.delitem(sys.modules, name)
+    nodes = importlib.import_module("comfyui_conceptprism.nodes")
+    assert len(nodes.NODE_CLASS_MAPPINGS) >= 10
+    fresh = importlib.import_module("comfyui_conceptprism.prism_core.host.internals.contract")
+    found = [i.symbol for i, _ in fresh.problems(*internal.uses)]
+    assert internal.symbol in found, (internal.symbol, found)
+    for name in [n for n in sys.modules if n.startswith("comfyui_conceptprism.")]:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    for name, module in pack.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_a_layer_whose_arithmetic_changed_is_refused_on_the_first_step(tiny, monkeypatch):
+    """The name probe cannot see a changed formula; the first call of the out-of-place CLIP layer compares it with
+    the host's own forward on the user's model and refuses (before any training step), naming the symbol."""
+    from comfyui_conceptprism.prism_core.config import TokenConfig
+    from comfyui_conceptprism.prism_core.concept_set import ConceptSet
+    from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens
+
+    def forward(self, x, mask=None, optimized_attention=None):  # same names read, another formula
+        x += 0.5 * self.self_attn(self.layer_norm1(x), mask, optimized_attention)
+        x += self.mlp(self.layer_norm2(x))
+        return x
+    monkeypatch.setattr(comfy.clip_model.CLIPLayer, "forward", forward)
+    assert contract.problems(contract.TEXT_TRAINING) == []  # the probe alone passes it
+    models = tiny("sd15")
+    steps = []
+    with torch.inference_mode():
+        concept = ConceptSet(torch.rand(2, RES, RES, 3, generator=torch.Generator().manual_seed(0)),
+                             ("0.png", "1.png"), ("", ""), RES, "test")
+        with pytest.raises(contract.HostContractError, match=r"comfy\.clip_model\.CLIPLayer.*checked on this model"):
+            learn_tokens(models.model, models.clip, models.vae, concept, TokenConfig(steps=2, gradient_accumulation=1),
+                         on_step=lambda *a: steps.append(a))
+    assert not steps and not [m for m in models.clip.cond_stage_model.modules() if "forward" in m.__dict__]
+

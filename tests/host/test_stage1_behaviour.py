@@ -169,19 +169,20 @@ def test_training_after_a_lora_patched_clone_was_loaded(family, tiny):
     loads another clone, which puts the originals (inference tensors) back: training must still work and
     learn exactly what it learns on a fresh model."""
     from comfyui_conceptprism.prism_core.host import lora_layers
+    from comfyui_conceptprism.prism_core.host.family import stage2_targets
     from comfyui_conceptprism.prism_core.host.stage2 import apply_lora
     from comfyui_conceptprism.prism_core.lora_file import LoraWeights
     models = tiny(family)
     config = TokenConfig(steps=1, gradient_accumulation=1, residual_length=1)
     with torch.inference_mode():
         fresh = learn_tokens(models.model, models.clip, models.vae, _concept(), config)
-    keys = lora_layers.layer_names(models.model)
-    adapters = lora_layers.new_adapters(models.model, keys, 4, 4.0, seed=1)
+    keys = list(stage2_targets(models.model))
+    adapters = lora_layers.new_adapters(stage2_targets(models.model), keys, 4, 4.0, seed=1)
     with torch.no_grad():
         for adapter in adapters.values():
             adapter.lora_down.weight.normal_(0, 0.05)
             adapter.lora_up.weight.normal_(0, 0.05)
-    lora = LoraWeights(lora_layers.adapter_tensors(adapters, lora_layers.file_names(models.model, keys)), {})
+    lora = LoraWeights(lora_layers.adapter_tensors(adapters, {k: stage2_targets(models.model)[k].file_name for k in keys}), {})
     before = host_outputs(models.model, models.clip)
     for inference in (True, False):
         # In inference mode as the executor loads it (a LoraLoader graph sampled before), and outside it (as

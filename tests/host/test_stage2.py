@@ -31,6 +31,7 @@ from comfyui_conceptprism.prism_core.lora_train import step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.family import describe, stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import (  # noqa: E402
     ComfyStage2Backend, apply_lora, train_concept_lora, training_conditionings)
@@ -64,7 +65,7 @@ def _node_args(**overrides):
 def _randomised_adapters(models, seed=1, scale=0.05, alpha=4.0):
     """Host LoRA adapters (rank 4) with a non-zero update (fresh ones start at zero, which would hide mistakes)."""
     layers = lora_layers.attention_projections(models.model)
-    adapters = lora_layers.new_adapters(models.model, layers, rank=4, alpha=alpha, seed=seed)
+    adapters = lora_layers.new_adapters(stage2_targets(models.model), layers, rank=4, alpha=alpha, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for adapter in adapters.values():
@@ -116,7 +117,7 @@ def test_loss_layers_and_training_prompts_equal_host_oracle(family, tiny, embedd
             assert losses[k] == pytest.approx(float(expected), rel=1e-4, abs=1e-6), (family, k)
 
     # The same adapters written as a LoRA file's tensors and patched in by the host give the same model.
-    names = lora_layers.kohya_names(models.model, lora_layers.base_family(models.model), list(adapters))
+    names = lora_layers.kohya_names(models.model, describe(models.model).stage2(), list(adapters))
     from_file = apply_lora(models.model, LoraWeights(lora_layers.adapter_tensors(adapters, names), {}))
     comfy.model_management.load_models_gpu([from_file])
     with torch.no_grad():

@@ -4,10 +4,12 @@
 functions, ``folder_paths``, ``comfy.utils.ProgressBar`` / ``load_torch_file``, ``comfy.sd.load_lora_for_models``,
 ``comfy.model_management``'s load and interrupt functions, ``comfy.samplers.KSampler``'s lists,
 ``server.PromptServer``, ``node_helpers`` (helpers the host writes for nodes), the MODEL and CLIP objects' methods the host's own nodes call (``clone``,
-``get_model_object``, ``tokenize``, ``encode_from_tokens``, ``extra_conds``, ``apply_model``), and the model
-classes (``comfy.model_base``, ``comfy.model_sampling``, ``comfy.supported_models``). Everything else the pack
-touches (a private name, a module's inner structure, a helper of another node's file, a call protocol) is an
-`Internal` below, used only by the modules in this folder.
+``get_model_object``, ``tokenize``, ``encode_from_tokens``, ``extra_conds``, ``apply_model``,
+``model_sampling``'s ``noise_scaling`` and ``sigmas``), and the model classes (``comfy.model_base``,
+``comfy.model_sampling``, ``comfy.supported_models``). Everything else the pack
+touches (a private name, a module's inner structure or an object's attributes beyond those methods, a helper of
+another node's file, a call protocol) is an `Internal` below, used only by the modules in this folder. The model
+classes are public for ``isinstance`` checks only.
 
 Each internal is detected by feature, never by version string: a probe reads the symbol's signature or the
 names its code reads (``__code__.co_names``) and says what differs from what the pack's use assumes. Probes are
@@ -30,13 +32,17 @@ CHECKED_RELEASES = ("0.3.52", "0.3.75", "0.8.0", "0.33.0")
 # What a node needs, by use; `require` takes these names.
 TOKENS = "tokens"                  # tokenize and encode prompts holding learned words
 TEXT_TRAINING = "text_training"    # Stage 1: gradients through the text encoders
+FLUX_TEXT_TRAINING = "flux_text_training"  # Stage 1 on FLUX.1: gradients through T5 too
 TRAINING = "training"              # both stages: training clones of frozen host models
 FLUX_TRAINING = "flux_training"    # either stage on FLUX.1
 CHECKPOINTING = "checkpointing"    # gradient checkpointing on
 LORA = "lora"                      # Stage 2: trainable adapters and their names in LoRA files
-SCORING = "scoring"                # Prism Concept Score's DINOv2 check
-LINKS = "links"                    # Load Concept Set's link-type check
-USES = (TOKENS, TEXT_TRAINING, TRAINING, FLUX_TRAINING, CHECKPOINTING, LORA, SCORING, LINKS)
+SCORING = "scoring"                # CLIP-T and CLIP-I (Concept Score, the sweep)
+DINO = "dino"                      # the DINO metric, where a DINOv2 model is connected
+LINKS = "links"                    # Load Concept Set's link-type check, where an input is linked
+USES = (TOKENS, TEXT_TRAINING, FLUX_TEXT_TRAINING, TRAINING, FLUX_TRAINING, CHECKPOINTING, LORA, SCORING, DINO, LINKS)
+# The modules a ComfyUI install's own symbols live in: a symbol found elsewhere was replaced by another custom node.
+HOST_PACKAGES = ("comfy", "comfy_extras", "comfy_execution", "comfy_api", "nodes", "node_helpers", "folder_paths")
 
 
 class HostContractError(RuntimeError):
@@ -133,7 +139,8 @@ def _probe_tokenizer() -> str | None:
 def _probe_clip_model() -> str | None:
     import comfy.sd1_clip
     model = comfy.sd1_clip.SDClipModel
-    absent = [m for m in ("encode_token_weights", "reset_clip_options", "set_clip_options") if not callable(getattr(model, m, None))]
+    absent = [m for m in ("encode_token_weights", "reset_clip_options", "set_clip_options", "process_tokens")
+              if not callable(getattr(model, m, None))]
     if absent:
         return f"SDClipModel has no {', '.join(absent)}"
     return _missing(("layer", "projected_pooled"), {k for k in _strings_in(model.set_clip_options)},
@@ -240,6 +247,26 @@ def _probe_dtype_choice() -> str | None:
             or _binds(mm.should_use_bf16, None, prioritize_performance=False))
 
 
+def _probe_flux_identity() -> str | None:
+    import comfy.supported_models
+    image_model = getattr(comfy.supported_models.Flux, "unet_config", {}).get("image_model")
+    return None if image_model == "flux" else f"FLUX.1's config now names its image model {image_model!r}, not 'flux'"
+
+
+def _probe_conds() -> str | None:
+    import comfy.conds
+    return None if "cond" in _names_read(comfy.conds.CONDRegular.__init__) else "CONDRegular no longer holds .cond"
+
+
+def _probe_clip_vision() -> str | None:
+    import comfy.clip_model
+    import comfy.clip_vision
+    return (_missing(("return_all_hidden_states",), _names_read(comfy.clip_vision.ClipVisionModel.__init__),
+                     "ClipVisionModel.__init__")
+            or _missing(("visual_projection",), _names_read(comfy.clip_model.CLIPVisionModelProjection.__init__),
+                        "CLIPVisionModelProjection.__init__"))
+
+
 def _probe_image_encoders() -> str | None:
     import comfy.clip_vision
     encoders = getattr(comfy.clip_vision, "IMAGE_ENCODERS", None)
@@ -266,16 +293,21 @@ INTERNALS: tuple[Internal, ...] = (
              "grad and without a reload per step (projected_pooled: Concept Score's text embedding)",
              _uses(TOKENS, SCORING), "test_sd_clip_model", _probe_clip_model),
     Internal("comfy.sd.CLIP", "to read tokenizer_options, layer_idx, cond_stage_model and patcher: "
-             "the settings and modules a CLIP encodes with", _uses(TOKENS), "test_clip_object", _probe_clip_object),
+             "the settings and modules a CLIP encodes with", _uses(TOKENS, SCORING), "test_clip_object",
+             _probe_clip_object),
     Internal("comfy.clip_model.CLIPLayer", "to give it an out-of-place forward while training: its in-place "
              "residual add breaks backward", _uses(TEXT_TRAINING), "test_clip_layer",
              _forward_reads_exactly("comfy.clip_model.CLIPLayer", {"self_attn", "layer_norm1", "mlp", "layer_norm2"})),
     Internal("comfy.text_encoders.t5.T5LayerFF", "to give it an out-of-place forward while training (FLUX.1's T5)",
-             _uses(TEXT_TRAINING), "test_t5_layers",
+             _uses(FLUX_TEXT_TRAINING), "test_t5_layers",
              _forward_reads_exactly("comfy.text_encoders.t5.T5LayerFF", {"layer_norm", "DenseReluDense"})),
     Internal("comfy.text_encoders.t5.T5LayerSelfAttention", "to give it an out-of-place forward while training (FLUX.1's T5)",
-             _uses(TEXT_TRAINING), "test_t5_layers",
+             _uses(FLUX_TEXT_TRAINING), "test_t5_layers",
              _forward_reads_exactly("comfy.text_encoders.t5.T5LayerSelfAttention", {"layer_norm", "SelfAttention"})),
+    Internal("comfy.supported_models.Flux.unet_config", "to tell FLUX.1 (image_model 'flux') from FLUX.2 and "
+             "other Flux-derived models", _uses(TRAINING), "test_flux_identity", _probe_flux_identity),
+    Internal("comfy.conds.CONDRegular.cond", "to read the tensors extra_conds wraps: the model inputs a training "
+             "step passes to apply_model", _uses(TRAINING), "test_model_inputs", _probe_conds),
     Internal("comfy.ldm.flux.layers.DoubleStreamBlock / SingleStreamBlock", "to run them and their norms on copies of "
              "the residual streams while training: the blocks add in place", _uses(FLUX_TRAINING), "test_flux_blocks",
              _probe_flux_blocks),
@@ -299,18 +331,25 @@ INTERNALS: tuple[Internal, ...] = (
              "LoraLoader maps it", _uses(LORA), "test_lora_keys", _probe_lora_keys),
     Internal("comfy.model_management.should_use_fp16 / should_use_bf16", "to pick training_dtype auto: the dtype "
              "the host would run the model in on this card", _uses(TRAINING), "test_dtype_choice", _probe_dtype_choice),
-    Internal("comfy.clip_vision.IMAGE_ENCODERS", "to tell a DINOv2 CLIP_VISION from a CLIP one", _uses(SCORING),
+    Internal("comfy.clip_vision.IMAGE_ENCODERS", "to tell a DINOv2 CLIP_VISION from a CLIP one", _uses(DINO),
              "test_image_encoders", _probe_image_encoders),
+    Internal("comfy.clip_vision.ClipVisionModel", "to tell CLIP from SigLIP (return_all_hidden_states, "
+             "visual_projection) for CLIP-I", _uses(SCORING), "test_image_encoders", _probe_clip_vision),
     Internal("comfy_execution.validation.validate_node_input", "to check link types as the host does, for Load "
              "Concept Set's first-run message", _uses(LINKS), "test_validate_node_input", _probe_validate_node_input),
 )
 
 
-def training_uses(stage: int, flux: bool, checkpointing: bool) -> tuple[str, ...]:
-    """The uses a training node needs: Stage 1 (`stage` 1) trains through the text encoders, Stage 2 trains
-    LoRA adapters; FLUX.1 and gradient checkpointing add theirs."""
-    return (TOKENS, TRAINING, TEXT_TRAINING if stage == 1 else LORA,
-            *((FLUX_TRAINING,) if flux else ()), *((CHECKPOINTING,) if checkpointing else ()))
+def training_uses(stage: int, checkpointing: bool) -> tuple[str, ...]:
+    """The uses a training node needs before it reads its model: Stage 1 (`stage` 1) trains through the text
+    encoders, Stage 2 trains LoRA adapters; gradient checkpointing adds its own. A FLUX.1 model adds
+    `flux_uses`, asked once the family is known."""
+    return (TOKENS, TRAINING, TEXT_TRAINING if stage == 1 else LORA, *((CHECKPOINTING,) if checkpointing else ()))
+
+
+def flux_uses(stage: int) -> tuple[str, ...]:
+    """What a FLUX.1 model adds: its blocks and RoPE, and in Stage 1 its T5."""
+    return (FLUX_TRAINING, FLUX_TEXT_TRAINING) if stage == 1 else (FLUX_TRAINING,)
 
 
 def comfyui_version() -> str:
@@ -321,9 +360,22 @@ def comfyui_version() -> str:
         return "unknown"
 
 
+def _owner(symbol: str) -> str | None:
+    """The module another custom node put in place of `symbol` (its first name), or None when the object there is
+    the host's own (or cannot be read)."""
+    try:
+        value = _resolve(symbol.split(" / ")[0].split("(")[0])
+    except Exception:  # noqa: BLE001 - a symbol that is gone has no owner to name
+        return None
+    module = getattr(inspect.unwrap(value) if callable(value) else value, "__module__", None)
+    if not isinstance(module, str) or module.split(".")[0] in HOST_PACKAGES:
+        return None
+    return module
+
+
 def problems(*uses: str) -> list[tuple[Internal, str]]:
     """(internal, what differs) for every internal these uses need whose probe finds it changed; a probe that
-    cannot even import its symbol reports that."""
+    cannot even read its symbol reports that, whatever it raised, so a node refuses instead of failing."""
     unknown = set(uses) - set(USES)
     if unknown:
         raise ValueError(f"unknown uses {sorted(unknown)}; known: {USES}")
@@ -335,9 +387,31 @@ def problems(*uses: str) -> list[tuple[Internal, str]]:
             problem = internal.probe()
         except (ImportError, AttributeError) as error:
             problem = f"it is gone ({type(error).__name__}: {error})"
+        except Exception as error:  # noqa: BLE001 - anything else: it could not be checked, so it is not as expected
+            problem = f"it could not be checked ({type(error).__name__}: {error})"
         if problem:
-            found.append((internal, problem))
+            owner = _owner(internal.symbol)
+            found.append((internal, f"{problem} (here it comes from {owner}, another custom node)" if owner else problem))
     return found
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def advice(version: str, replaced: bool) -> str:
+    """What to do, for a refusal on ComfyUI `version`; `replaced`: another custom node replaced a symbol."""
+    checked = f"ComfyUI {CHECKED_RELEASES[0]} to {CHECKED_RELEASES[-1]}"
+    if replaced:
+        return ("Another custom node replaced it: update that node, or disable it while you train "
+                f"(this ConceptPrism was checked on {checked}).")
+    if version != "unknown" and _release(version) < _release(CHECKED_RELEASES[0]):
+        return f"Update ComfyUI: this ConceptPrism was checked on {checked}."
+    if version in CHECKED_RELEASES:
+        return (f"This ComfyUI {version} differs from the released {version} (a modified install or a fork?): "
+                "reinstall ComfyUI, or update ConceptPrism (ComfyUI-Manager: Update).")
+    return (f"Update ConceptPrism (ComfyUI-Manager: Update); until a version for ComfyUI {version} is out, run ComfyUI "
+            f"{CHECKED_RELEASES[-1]}, the newest release this version was checked on ({checked}).")
 
 
 def refusal(node: str, found: list[tuple[Internal, str]]) -> str:
@@ -346,10 +420,16 @@ def refusal(node: str, found: list[tuple[Internal, str]]) -> str:
     lines = [f"ConceptPrism {node} cannot run on ComfyUI {version}: "
              f"{'an internal' if len(found) == 1 else 'internals'} of ComfyUI it relies on changed."]
     lines += [f"- {internal.symbol}, which ConceptPrism uses {internal.why}: {problem}." for internal, problem in found]
-    lines.append(f"Nothing was trained or written. Update ConceptPrism (ComfyUI-Manager: Update), or run ComfyUI "
-                 f"{CHECKED_RELEASES[-1]}, the newest release this version was checked on "
-                 f"({', '.join(CHECKED_RELEASES)}).")
+    replaced = any("another custom node)" in problem for _, problem in found)
+    lines.append(f"Nothing was trained or written. {advice(version, replaced)}")
     return "\n".join(lines)
+
+
+def validation_answer(node: str, *uses: str) -> bool | str:
+    """For a node's VALIDATE_INPUTS: True, or the refusal, so a changed internal is refused when the graph is
+    validated, before upstream nodes load models (the node's run-time `require` still asks what its model adds)."""
+    found = problems(*uses)
+    return refusal(node, found) if found else True
 
 
 def require(node: str, *uses: str) -> None:

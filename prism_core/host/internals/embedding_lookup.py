@@ -29,7 +29,8 @@ HOST_LOOKUP = "comfy.sd1_clip.load_embed"
 _active = threading.local()
 _install_lock = threading.RLock()
 _install_depth = 0
-_host_load_embed: Callable[..., Any] = comfy.sd1_clip.load_embed
+# Read when first needed too: a host without it still loads the pack, and contract.require refuses the nodes.
+_host_load_embed: Callable[..., Any] | None = getattr(comfy.sd1_clip, "load_embed", None)
 
 
 @dataclass(frozen=True)

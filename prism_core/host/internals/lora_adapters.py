@@ -8,21 +8,23 @@ test_host_contract.py guards them.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import comfy.lora
 import comfy.utils
-from comfy.weight_adapter import LoRAAdapter
-from comfy.weight_adapter.lora import LoraDiff
 
-__all__ = ["LoraDiff", "adapter_from_file", "flux_diffusers_map", "lora_key_map", "move_trainable", "new_adapter"]
+if TYPE_CHECKING:  # imported where used, so a host without them still loads the pack (contract.require refuses)
+    from comfy.weight_adapter.lora import LoraDiff
+
+__all__ = ["adapter_from_file", "flux_diffusers_map", "lora_key_map", "move_trainable", "new_adapter"]
 
 
 def new_adapter(shape: tuple[int, int], rank: int, alpha: float) -> LoraDiff:
     """A fresh trainable adapter for an [out, in] weight (update 0: the host starts down at zero), float32 on
     the CPU, drawn from the global generator (the caller seeds it)."""
+    from comfy.weight_adapter import LoRAAdapter
     stand_in = torch.empty(shape)  # create_train only reads shape and device
     return LoRAAdapter.create_train(stand_in, rank=rank, alpha=alpha)
 
@@ -30,6 +32,7 @@ def new_adapter(shape: tuple[int, int], rank: int, alpha: float) -> LoraDiff:
 def adapter_from_file(kohya: str, tensors: dict[str, torch.Tensor], alpha: float, used: set[str]) -> LoraDiff:
     """A trainable float32 adapter holding the saved `kohya`.lora_up/lora_down weights of `tensors`; the host's
     loader adds the keys it read to `used`."""
+    from comfy.weight_adapter import LoRAAdapter
     return LoRAAdapter.load(kohya, tensors, alpha, None, used).to_train().float()
 
 
@@ -38,10 +41,10 @@ def lora_key_map(model: Any) -> dict[str, str]:
     return comfy.lora.model_lora_keys_unet(model.model, {})
 
 
-def flux_diffusers_map(unet_config: dict[str, Any]) -> dict[str, Any]:
+def flux_diffusers_map(model: Any) -> dict[str, Any]:
     """{diffusers weight name: host weight key, or (host key, (dim, offset, size)) for a row slice of a fused
-    weight}, FLUX's map as the host's LoRA loader reads diffusers files with it."""
-    return comfy.utils.flux_to_diffusers(unet_config, output_prefix="diffusion_model.")
+    weight}: FLUX's map for this MODEL's config, as the host's LoRA loader reads diffusers files with it."""
+    return comfy.utils.flux_to_diffusers(model.model.model_config.unet_config, output_prefix="diffusion_model.")
 
 
 def move_trainable(module: torch.nn.Module, device: torch.device) -> int:

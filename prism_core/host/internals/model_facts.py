@@ -1,5 +1,6 @@
-"""What the host knows about a loaded model beyond its public surface: the compute dtypes its config allows,
-which of them a device runs, and whether a FLUX transformer reads a guidance input. contract.py detects each
+"""What the host knows about a loaded model beyond its public surface: whether it is FLUX.1 (its config's image
+model), the compute dtypes its config allows, which of them a device runs, whether a FLUX transformer reads a
+guidance input, and the tensors its conditioning objects wrap. contract.py detects each
 by feature; tests/host/test_host_contract.py guards them."""
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import torch
 
+import comfy.model_base
 import comfy.model_management
 
 # The host's own default order (comfy.supported_models_base.BASE.supported_inference_dtypes), for a model
@@ -47,3 +49,18 @@ def reads_guidance(model: Any) -> bool:
         return bool(params.guidance_embed)
     embedder = getattr(diffusion_model, "guidance_in", None)  # hosts whose transformer keeps no params
     return embedder is not None and not isinstance(embedder, torch.nn.Identity)
+
+
+def is_flux1(patcher: Any) -> bool:
+    """FLUX.1 dev or schnell: the host's model_base.Flux running its FLUX.1 transformer (unet_config
+    image_model "flux"). FLUX.2 (v0.8.0's model_base.Flux2, a subclass with image_model "flux2" and a Mistral
+    text encoder), Chroma and other Flux-derived models are not FLUX.1."""
+    model = patcher.model
+    image_model = getattr(getattr(model, "model_config", None), "unet_config", {}).get("image_model")
+    return isinstance(model, comfy.model_base.Flux) and type(model).__name__ == "Flux" and image_model == "flux"
+
+
+def condition_tensors(extras: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """{model input name: tensor} of ``BaseModel.extra_conds``' result (``comfy.conds.CONDRegular`` objects
+    holding their tensor as ``.cond``)."""
+    return {key: value.cond for key, value in extras.items()}

@@ -48,20 +48,54 @@ def _t5_self_attention(layer: comfy.text_encoders.t5.T5LayerSelfAttention) -> Ca
     return forward
 
 
-_TEXT_LAYERS = (
-    (comfy.clip_model.CLIPLayer, _clip_layer_forward),
-    (comfy.text_encoders.t5.T5LayerFF, _t5_feed_forward),
-    (comfy.text_encoders.t5.T5LayerSelfAttention, _t5_self_attention),
-)
+def _text_layers() -> list[tuple[type, Callable]]:
+    """(host layer class, out-of-place forward maker), read when used: a host without one of the classes still
+    loads the pack (contract.require refuses the nodes that need it)."""
+    classes = ((comfy.clip_model, "CLIPLayer", _clip_layer_forward), (comfy.text_encoders.t5, "T5LayerFF", _t5_feed_forward),
+               (comfy.text_encoders.t5, "T5LayerSelfAttention", _t5_self_attention))
+    return [(getattr(module, name), make) for module, name, make in classes if hasattr(module, name)]
+
+
+def _same(expected: Any, got: Any) -> bool:
+    pairs = zip(expected, got) if isinstance(expected, tuple) else [(expected, got)]
+    return all(torch.equal(a, b) if isinstance(a, torch.Tensor) else True for a, b in pairs)
+
+
+def _checked_first_call(layer: torch.nn.Module, ours: Callable) -> Callable:
+    """`ours`, which on its first call also runs the host's own forward on copies of the same arguments (no grad)
+    and raises contract.HostContractError unless the two agree exactly: a release whose layer computes something
+    the rewrite does not (a scale, another norm) is refused before the first training step, on the user's model."""
+    host_forward = type(layer).forward
+    checked = False
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        nonlocal checked
+        if not checked:
+            checked = True
+            with torch.no_grad():
+                expected = host_forward(layer, x.detach().clone(), *args, **kwargs)
+                got = ours(x.detach().clone(), *args, **kwargs)
+            if not _same(expected, got):
+                from . import contract
+                symbol = f"{type(layer).__module__}.{type(layer).__name__}"
+                internal = next(i for i in contract.INTERNALS if i.symbol == symbol)
+                raise contract.HostContractError(contract.refusal("training", [(internal, (
+                    "its forward computes something the pack's out-of-place rewrite does not (checked on this model)"))]))
+        return ours(x, *args, **kwargs)
+    return forward
 
 
 def out_of_place_text_layers(text_model: torch.nn.Module) -> None:
-    """Give each CLIP and T5 residual layer an out-of-place forward (same arithmetic as the host's).
-    Call inside training_guard.restore_modules."""
+    """Give each CLIP and T5 residual layer an out-of-place forward (same arithmetic as the host's, checked against
+    the host's own forward on the first call of the first layer of each kind). Call inside
+    training_guard.restore_modules."""
+    first = set()
     for module in text_model.modules():
-        for layer_class, make_forward in _TEXT_LAYERS:
+        for layer_class, make_forward in _text_layers():
             if isinstance(module, layer_class):
-                module.forward = make_forward(module)
+                forward = make_forward(module)
+                module.forward = forward if layer_class in first else _checked_first_call(module, forward)
+                first.add(layer_class)
 
 
 # The residual-stream tensors each FLUX block adds to in place, by argument name and position, and the norms
