@@ -61,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
     models.import_host(cpu=not cuda)
     import comfy.model_management as mm
     from ..prism_core.config import LoraConfig, TokenConfig
-    from ..prism_core.host.stage1 import RunOptions, learn_tokens
+    from ..prism_core.host.runtime import RunOptions
+    from ..prism_core.host.stage1 import learn_tokens
     from ..prism_core.host.stage2 import train_concept_lora
     if cuda and not torch.cuda.is_available():
         raise SystemExit("bench gpu: no CUDA device here. Run it on a GPU machine (or --cpu-smoke to check the script).")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -86,7 +85,8 @@ class Clocked:
 def run_stage(stage: int, settings: Settings, bench_models, concept, tokens=None):
     from ..prism_core.config import LoraConfig, TokenConfig
     from ..prism_core.host.previews import PreviewSettings, TrainingPreviews
-    from ..prism_core.host.stage1 import RunOptions, learn_tokens
+    from ..prism_core.host.runtime import RunOptions
+    from ..prism_core.host.stage1 import learn_tokens
     from ..prism_core.host.stage2 import train_concept_lora
 
     prompts = tuple(f"a photo of [V], view {i}" for i in range(settings.prompts))

@@ -283,7 +283,7 @@ class PackVariant(Variant):
         b.check_interrupt = check_interrupt
 
     def segments(self, steps: int, accumulation: int | None = None) -> Iterator[dict[str, float]]:
-        from ..prism_core.optimize import optimize_tokens
+        from ..prism_core.stage1 import optimize_tokens
         config = self.settings.token_config(steps)
         if accumulation:
             config = dataclasses.replace(config, gradient_accumulation=accumulation)

@@ -223,7 +223,7 @@ def restricted_to(keys: set[str]) -> Any:
 
 def run_pack(spec: Spec, settings: Settings, bench_models: models.BenchModels, data: Data, steps: int) -> list[float]:
     from ..prism_core.config import LoraConfig
-    from ..prism_core.lora_train import train_lora
+    from ..prism_core.stage2 import train_lora
     from ..prism_core.host import lora_layers
     from ..prism_core.host.family import stage2_targets
     from ..prism_core.host.stage2 import ComfyStage2Backend

@@ -25,7 +25,8 @@ from comfyui_conceptprism.nodes.conditioning import PrismConditioning
 from comfyui_conceptprism.prism_core.concept_set import ConceptSet, from_batch
 from comfyui_conceptprism.prism_core.config import TABLE2_CONFIGURATIONS, LoraConfig, TokenConfig
 from comfyui_conceptprism.prism_core.token_bank import PrismTokens
-from comfyui_conceptprism.prism_core.host.stage1 import RunOptions, learn_tokens
+from comfyui_conceptprism.prism_core.host.runtime import RunOptions
+from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens
 from comfyui_conceptprism.prism_core.host.stage2 import apply_lora, train_concept_lora
 
 REFERENCE = "text_prompt"

@@ -13,7 +13,7 @@ from ..prism_core.host.folders import first_folder, refuse_unwritable_folder, va
 from ..prism_core.host.internals.contract import flux_uses, require, training_uses, validation_answer
 from ..prism_core.host.runtime import step_reporter
 from ..prism_core.host.family import describe
-from ..prism_core.host.stage1 import RunOptions
+from ..prism_core.host.runtime import RunOptions
 from ..prism_core.host.stage2 import apply_lora, train_concept_lora
 from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews
 from .types import CATEGORY, CONCEPT_SET, LORA_MODEL, LOSS_MAP, PRISM_TOKENS

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from ..prism_core.config import FLUX_TOKEN_DEFAULTS, PRESETS, TokenConfig, help_text
-from ..prism_core.host.runtime import step_reporter
 from ..prism_core.host.family import describe
-from ..prism_core.host.stage1 import RunOptions, family_config, learn_tokens
+from ..prism_core.host.runtime import RunOptions, step_reporter
+from ..prism_core.host.stage1 import family_config, learn_tokens
 from ..prism_core.host.diffusion import TRAINING_DTYPES
 from ..prism_core.host.internals.contract import flux_uses, require, training_uses, validation_answer
 from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews

@@ -90,3 +90,7 @@ def exclusion_loss(eps_residual: torch.Tensor, eps_null: torch.Tensor) -> torch.
 def prism_loss(rec: torch.Tensor, excl: torch.Tensor, beta: float) -> torch.Tensor:
     """Eq. (5), the Stage 1 objective: L = L_rec + beta * L_excl (scalars; beta = 0 or no anchors: L_rec)."""
     return rec + beta * excl
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN or infinite; the message names the step and the fix."""

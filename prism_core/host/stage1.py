@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -12,27 +11,16 @@ from ..concept_set import ConceptSet
 from ..config import TokenConfig, family_preset
 from ..init import content_free_rows, random_vectors, repeated_vector
 from ..input_checks import check_training_inputs
-from ..loss_scaling import skipped_warning
-from ..optimize import optimize_tokens
+from ..stage1 import optimize_tokens
 from ..token_bank import PrismTokens
-from . import runtime, text
+from . import text
+from .runtime import RunOptions, report_skipped_steps
 from .diffusion import encode_latents
 from .family import ModelFamily, describe
 from .previews import TrainingPreviews
 from .stage1_backend import ComfyStage1Backend
 
 log = logging.getLogger("ConceptPrism")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run, not what to learn: memory and precision controls, and FLUX.1's guidance input (the
-    reference FLUX trainer feeds 3.5 to every branch; FLUX.1-schnell has no guidance embedding and ignores it)."""
-
-    max_batch: int = 8
-    training_dtype: str = "auto"
-    gradient_checkpointing: bool = False
-    guidance: float = 3.5
 
 
 def family_config(family: ModelFamily, config: TokenConfig, preset: str, flux_clip_l: str = "fixed"
@@ -48,16 +36,6 @@ def family_config(family: ModelFamily, config: TokenConfig, preset: str, flux_cl
     return config, (f"Stage 1 FLUX.1 ({preset}: residual_length {config.residual_length}, beta {config.beta:g}, "
                     f"lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, accumulation "
                     f"{config.gradient_accumulation}, clip_l {flux_clip_l})")
-
-
-def report_skipped_steps(stage: str, skipped: list[int], steps: int, output: str, node_id: str | None) -> None:
-    """Say loudly (a console warning and the node's text) when float16 overflow skipped a noticeable share of a
-    run's updates (loss_scaling.skipped_warning): the result is then not the training asked for, and an INFO line
-    per skipped step is easy to miss. A run with every update skipped was already refused by the loop."""
-    message = skipped_warning(stage, skipped, steps, output)
-    if message:
-        log.warning(message)
-        runtime.show_text(message, node_id)
 
 
 def initial_vectors(backend: ComfyStage1Backend, captions: tuple[str, ...], config: TokenConfig

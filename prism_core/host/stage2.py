@@ -14,17 +14,18 @@ from ..concept_set import ConceptSet
 from ..config import LoraConfig
 from ..input_checks import check_training_inputs
 from ..lora_file import LoraWeights, lora_metadata
-from ..lora_train import train_lora
-from ..optimize import Cond, reconstruction_prompt
+from ..stage2 import train_lora
+from ..batching import Cond
+from ..prompts import reconstruction_prompt
 from ..token_bank import PrismTokens
-from . import diffusion, lora_layers, text
+from . import lora_layers, text
 from .internals import training_guard
 from .diffusion import PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
 from .family import ModelFamily, describe
 from .lora_layers import LoraTarget
 from .previews import TrainingPreviews
 from .resume_point import resume_point
-from .stage1 import RunOptions, report_skipped_steps
+from .runtime import RunOptions, report_skipped_steps
 
 log = logging.getLogger("ConceptPrism")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..optimize import Prompt, SlotVectors
+from ..prompts import Prompt, SlotVectors
 from ..token_bank import TARGET_SLOT, PrismTokens, is_slot, residual_slot
 from .internals.embedding_lookup import SlotRow, slot_lookup
 from .internals.text_encoders import (apply_clip_options, clip_layer_index, encode_chunk, encode_token_weights,

@@ -144,3 +144,13 @@ def test_the_readme_table_is_the_contract():
     assert set(ci) <= set(contract.CHECKED_RELEASES), (ci, contract.CHECKED_RELEASES)
     guards = (ROOT / "tests" / "host" / "test_host_contract.py").read_text()
     assert all(f"def {i.guard}(" in guards for i in contract.INTERNALS)
+
+
+@pytest.mark.parametrize("path", [ROOT / "prism_core" / "stage2.py", ROOT / "prism_core" / "host" / "stage2.py",
+                                  ROOT / "nodes" / "lora_train.py"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_stage2_imports_nothing_from_stage1s_files(path):
+    """The stages share their vocabulary through prompts.py, batching.py, losses.py and host/runtime.py; Stage 2
+    does not reach into Stage 1's loop, adapters or node."""
+    stage1 = {"stage1", "stage1_backend", "optimize_tokens"}
+    for level, module in imports(path):
+        assert not set(module.split(".")) & stage1, f"{path.relative_to(ROOT)} imports {'.' * level}{module}"

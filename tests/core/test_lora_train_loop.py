@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from comfyui_conceptprism.prism_core.config import LoraConfig
-from comfyui_conceptprism.prism_core.lora_train import train_lora
-from comfyui_conceptprism.prism_core.optimize import NonFiniteLossError
+from comfyui_conceptprism.prism_core.stage2 import train_lora
+from comfyui_conceptprism.prism_core.stage1 import NonFiniteLossError
 from comfyui_conceptprism.prism_core.schedule import draw_noise, plan_micro_steps
 
 

@@ -7,8 +7,8 @@ import torch
 
 from comfyui_conceptprism.prism_core.config import LoraConfig, TokenConfig
 from comfyui_conceptprism.prism_core.loss_scaling import LossScaler
-from comfyui_conceptprism.prism_core.lora_train import train_lora
-from comfyui_conceptprism.prism_core.optimize import optimize_tokens
+from comfyui_conceptprism.prism_core.stage2 import train_lora
+from comfyui_conceptprism.prism_core.stage1 import optimize_tokens
 from comfyui_conceptprism.prism_core.token_bank import TARGET_SLOT
 
 from test_lora_train_loop import CONDS, LATENTS, ToyLoraBackend

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from comfyui_conceptprism.prism_core.config import LoraConfig, TokenConfig
-from comfyui_conceptprism.prism_core.lora_train import train_lora
-from comfyui_conceptprism.prism_core.optimize import optimize_tokens
+from comfyui_conceptprism.prism_core.stage2 import train_lora
+from comfyui_conceptprism.prism_core.stage1 import optimize_tokens
 from comfyui_conceptprism.prism_core.previews import (label_box, placeholder_image, preview_due, preview_prompts,
                                                      preview_schedule, stamp_step)
 

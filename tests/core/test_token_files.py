@@ -1,6 +1,5 @@
 """Token bank and embedding files: round trip, ComfyUI naming, never overwriting, never half-written."""
 import math
-import os
 
 import pytest
 import safetensors.torch

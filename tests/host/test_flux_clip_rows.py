@@ -8,7 +8,6 @@ vocabulary's mean input embedding (the statistics the target's random draw uses)
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
 from host_setup import require_host

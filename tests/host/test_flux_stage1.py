@@ -21,11 +21,12 @@ from host_checks import RES, module_state  # noqa: E402
 from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
 from comfyui_conceptprism.prism_core.config import TokenConfig  # noqa: E402
-from comfyui_conceptprism.prism_core.optimize import TokenParameters, micro_step_losses  # noqa: E402
+from comfyui_conceptprism.prism_core.stage1 import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep, plan_micro_steps  # noqa: E402
 from comfyui_conceptprism.prism_core.host import diffusion, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals import out_of_place  # noqa: E402
-from comfyui_conceptprism.prism_core.host.stage1 import RunOptions, learn_tokens  # noqa: E402
+from comfyui_conceptprism.prism_core.host.runtime import RunOptions
+from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
 
 GRID = 2 ** 24  # the plan's sigma grid, written here from its definition: sigma = (k + 1) / 2^24

@@ -24,7 +24,7 @@ from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
 from comfyui_conceptprism.prism_core.config import LoraConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.lora_file import LoraWeights, read_lora  # noqa: E402
-from comfyui_conceptprism.prism_core.lora_train import step_losses  # noqa: E402
+from comfyui_conceptprism.prism_core.stage2 import step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402

@@ -20,8 +20,8 @@ require_host()
 import tiny_models  # noqa: E402
 from conftest import FAMILIES  # noqa: E402
 from host_checks import RES  # noqa: E402
-from comfyui_conceptprism.prism_core.lora_train import step_losses  # noqa: E402
-from comfyui_conceptprism.prism_core.optimize import TokenParameters, micro_step_losses  # noqa: E402
+from comfyui_conceptprism.prism_core.stage2 import step_losses  # noqa: E402
+from comfyui_conceptprism.prism_core.stage1 import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.family import stage2_targets  # noqa: E402

@@ -121,7 +121,7 @@ def test_table2_configurations_from_node_inputs(family, tiny):
 def _residual_gap(models, tokens: PrismTokens, concept) -> float:
     """Mean ||pred(z_j, res_i) - pred(z_j, null)||^2 over i, j != i and a fixed held-out set of (t, eps)."""
     lengths = text.slot_lengths_for(tokens.target, tokens.residuals)
-    from comfyui_conceptprism.prism_core.optimize import residual_prompt
+    from comfyui_conceptprism.prism_core.stage1 import residual_prompt
     gaps = []
     with torch.inference_mode(False), torch.no_grad():
         latents = encode_latents(models.model, models.vae, concept.images.clone())

@@ -9,7 +9,6 @@ import shutil
 import sys
 import types
 
-import numpy as np
 import pytest
 import safetensors
 import torch

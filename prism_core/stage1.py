@@ -24,33 +24,11 @@ import torch
 
 from .config import TokenConfig
 from .loss_scaling import LossScaler, check_trained
-from .losses import exclusion_loss, prism_loss, reconstruction_loss
+from .batching import Cond, batch_conds, chunk_ranges
+from .losses import NonFiniteLossError, exclusion_loss, prism_loss, reconstruction_loss
+from .prompts import Prompt, SlotVectors, reconstruction_prompt, residual_prompt
 from .schedule import MicroStep, draw_noise, plan_micro_steps
 from .token_bank import TARGET_SLOT, LossHistory, residual_slot
-
-Cond = dict[str, torch.Tensor]
-"""Conditioning of one prompt: model input name -> tensor with batch dim 1 (c_crossattn [1, L, D]; SDXL also y [1, A])."""
-
-SlotVectors = dict[str, dict[str, torch.Tensor]]
-"""slot name -> {text-encoder key: [n, D]}."""
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A prompt as words and token slots, e.g. ("prism_target", "with", "prism_residual_2")."""
-
-    parts: tuple[str, ...]
-
-
-def reconstruction_prompt(image: int, has_residual: bool) -> Prompt:
-    """Paper Sec. 3.2: "<t_target> with <t_res(i)>" (just "<t_target>" without residual tokens)."""
-    return Prompt((TARGET_SLOT, "with", residual_slot(image)) if has_residual else (TARGET_SLOT,))
-
-
-def residual_prompt(image: int) -> Prompt:
-    """Eq. (4)'s residual-only prompt "<t_res(i)>"."""
-    return Prompt((residual_slot(image),))
-
 
 class Stage1Backend(Protocol):
     num_timesteps: int
@@ -72,10 +50,6 @@ class Stage1Backend(Protocol):
 
     def check_interrupt(self) -> None:
         """Raise if the user cancelled."""
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -109,16 +83,6 @@ class TokenParameters:
     def detached(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         return ({k: v.detach().cpu().clone() for k, v in self.target.items()},
                 {k: v.detach().cpu().clone() for k, v in self.residuals.items()})
-
-
-def batch_conds(conds: Sequence[Cond]) -> Cond:
-    """Concatenate one-prompt conditionings along the batch dimension."""
-    return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
-
-
-def chunk_ranges(count: int, size: int) -> list[range]:
-    """Consecutive index ranges of at most `size` covering range(count) (samples per model call)."""
-    return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 def micro_step_losses(

@@ -16,8 +16,8 @@ import torch
 
 from .config import LoraConfig
 from .loss_scaling import LossScaler, check_trained
-from .losses import per_sample_mse
-from .optimize import Cond, NonFiniteLossError, batch_conds, chunk_ranges
+from .losses import NonFiniteLossError, per_sample_mse
+from .batching import Cond, batch_conds, chunk_ranges
 from .schedule import MicroStep, draw_noise, plan_micro_steps
 
 
