@@ -27,7 +27,8 @@ from comfyui_conceptprism.prism_core.config import TABLE2_CONFIGURATIONS, LoraCo
 from comfyui_conceptprism.prism_core.token_bank import PrismTokens
 from comfyui_conceptprism.prism_core.host.runtime import RunOptions
 from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens
-from comfyui_conceptprism.prism_core.host.stage2 import apply_lora, train_concept_lora
+from comfyui_conceptprism.prism_core.host.stage2 import train_concept_lora
+from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora
 
 REFERENCE = "text_prompt"
 PLACEHOLDER = "[V]"

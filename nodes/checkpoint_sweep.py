@@ -6,13 +6,13 @@ import torch
 import comfy.samplers
 
 from ..prism_core.host.internals.contract import DINO, SCORING, TOKENS, require
-from ..prism_core.host.sweep import SweepSettings, run_candidates, run_sweep, with_lora
+from ..prism_core.host.stock_nodes import apply_lora_file, placeholder_conditioning
+from ..prism_core.host.sweep import SweepSettings, run_candidates, run_sweep
 from ..prism_core.prompt_sets import PLACEHOLDER, set_names, sweep_prompts
 from ..prism_core.score_table import Table, draw_table
 from ..prism_core.scores import format_value
 from ..prism_core.sweep_plot import draw_tradeoff
 from .concept_score import CLIP_TEXT_TIP, CLIP_VISION_TIP, DINO_TIP
-from .conditioning import encode_prompt
 from .types import CATEGORY, PRISM_TOKENS
 
 RULE = ("the highest mean DINO among the trained steps whose mean CLIP-T stays within clip_t_tolerance of step 0's "
@@ -78,7 +78,7 @@ class PrismCheckpointSweep:
         settings = SweepSettings(sweep_prompts(prompt_set, prompt_count, custom_prompts), class_noun, seeds, seed, steps,
                                  cfg, sampler_name, scheduler, width, height, clip_t_tolerance, max_sampler_steps, PLACEHOLDER)
         candidates = run_candidates(lora_name, checkpoint_prefix, tokens)
-        result = run_sweep(model, vae, lambda template: encode_prompt(clip, tokens, template, PLACEHOLDER, "target", 0),
+        result = run_sweep(model, vae, lambda template: placeholder_conditioning(clip, tokens, template, PLACEHOLDER, where="Prism Checkpoint Sweep"),
                            clip.encode_from_tokens_scheduled(clip.tokenize(negative)), reference_images, candidates,
                            settings, score_clip, clip_vision, dino, unique_id)
         chosen = result.choice.point
@@ -97,5 +97,5 @@ class PrismCheckpointSweep:
                            + [f"{p.step}\t{format_value(p.clip_t)}\t{format_value(p.clip_i)}\t{format_value(p.dino)}\t{p.lora_name or '-'}"
                               for p in result.points]
                            + [f"chosen: {result.choice.reason}"])
-        return (with_lora(model, chosen.lora_name), chosen.lora_name, chosen.step,
+        return (apply_lora_file(model, chosen.lora_name), chosen.lora_name, chosen.step,
                 torch.from_numpy(plot)[None], torch.from_numpy(draw_table(table))[None], result.images, report)

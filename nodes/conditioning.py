@@ -1,12 +1,9 @@
 """PrismConditioning: CONDITIONING from a prompt in which a placeholder stands for the learned token."""
 from __future__ import annotations
 
-from ..prism_core.token_bank import TARGET_SLOT, residual_slot
-from ..prism_core.host import text
 from ..prism_core.host.internals.contract import TOKENS, require
+from ..prism_core.host.stock_nodes import MODES, placeholder_conditioning
 from .types import CATEGORY, PRISM_TOKENS
-
-MODES = ["target", "target with residual", "residual only"]
 
 
 class PrismConditioning:
@@ -24,7 +21,7 @@ class PrismConditioning:
                 "tokens": (PRISM_TOKENS, {"tooltip": "From Optimize Prism Tokens or Load Prism Tokens."}),
                 "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "a photo of [V] on the beach", "tooltip": "The prompt. Each placeholder is replaced by the learned token; everything else (weights, embedding:name) works as in CLIP Text Encode."}),
                 "placeholder": ("STRING", {"default": "[V]", "tooltip": "The text in the prompt that stands for the learned token."}),
-                "mode": (MODES, {"default": "target", "tooltip": "target: the concept token (normal use). target with residual: '<target> with <residual i>', the training prompt of image i. residual only: '<residual i>' alone, which should draw image i's scene without the concept (paper Fig. 7)."}),
+                "mode": (list(MODES), {"default": "target", "tooltip": "target: the concept token (normal use). target with residual: '<target> with <residual i>', the training prompt of image i. residual only: '<residual i>' alone, which should draw image i's scene without the concept (paper Fig. 7)."}),
                 "residual_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Which image's residual token the residual modes use (0 = first image, in concept-set order)."}),
             }
         }
@@ -35,15 +32,4 @@ class PrismConditioning:
             raise ValueError("PrismConditioning: 'placeholder' is empty; set it to the text that stands for the learned token, e.g. [V].")
         if placeholder not in text:
             raise ValueError(f"PrismConditioning: the prompt does not contain the placeholder '{placeholder}'. Write it where the concept goes, e.g. 'a photo of {placeholder} on the beach'.")
-        return (encode_prompt(clip, tokens, text, placeholder, mode, residual_index),)
-
-
-def encode_prompt(clip, tokens, prompt: str, placeholder: str, mode: str, residual_index: int):
-    widths = {k: v.shape[1] for k, v in tokens.target.items()}
-    text.check_family(clip, tokens.encoder_keys, widths, "These ConceptPrism tokens")
-    text.warn_on_other_clip_layer(clip, tokens, "Prism Conditioning")
-    if mode != "target" and tokens.residual_length == 0:
-        raise ValueError(f"PrismConditioning: mode '{mode}' needs residual tokens, but these tokens were learned with residual_length 0. Use mode 'target'.")
-    parts = {"target": (TARGET_SLOT,), "target with residual": (TARGET_SLOT, "with", residual_slot(residual_index)),
-             "residual only": (residual_slot(residual_index),)}[mode]
-    return clip.encode_from_tokens_scheduled(text.bank_tokens(clip, tokens, prompt, parts, placeholder))
+        return (placeholder_conditioning(clip, tokens, text, placeholder, mode, residual_index),)

@@ -5,16 +5,17 @@ from pathlib import Path
 
 import folder_paths
 
-from ..prism_core.config import FLUX_LORA_DEFAULTS, PRESETS, LoraConfig, family_preset, help_text
+from ..prism_core.config import FLUX_LORA_DEFAULTS, LoraConfig, family_preset, help_text
 from ..prism_core.lora_file import LoraWeights, read_lora, save_lora
 from ..prism_core.names import checked_prefix
-from ..prism_core.host.diffusion import TRAINING_DTYPES
 from ..prism_core.host.folders import first_folder, refuse_unwritable_folder, validate_save_folder
 from ..prism_core.host.internals.contract import flux_uses, require, training_uses, validation_answer
 from ..prism_core.host.runtime import step_reporter
 from ..prism_core.host.family import describe
 from ..prism_core.host.runtime import RunOptions
-from ..prism_core.host.stage2 import apply_lora, train_concept_lora
+from ..prism_core.host.stage2 import train_concept_lora
+from ..prism_core.host.stock_nodes import apply_lora
+from .run_inputs import family_inputs, memory_inputs
 from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews
 from .types import CATEGORY, CONCEPT_SET, LORA_MODEL, LOSS_MAP, PRISM_TOKENS
 
@@ -57,15 +58,12 @@ class PrismLoRATrain:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": _tip("seed")}),
             },
             "optional": {
-                "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Most micro-steps sharing one model call. Lower it if you run out of memory; results do not change."}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, slower. Results do not change."}),
-                "training_dtype": (list(TRAINING_DTYPES), {"default": "auto", "tooltip": "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI loads SD checkpoints in float16 on most GPUs). auto (default): the first precision ComfyUI allows for this model that the GPU runs, in ComfyUI's order: SD float16 with dynamic loss scaling (measured: the float32 gradient to a cosine of 0.9999999, for about half the memory and time), FLUX.1 bfloat16 (float16 on cards without it); float32 on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). The LoRA weights always stay float32 and apply on the float32 weight in float32 mode."}),
+                **memory_inputs("micro-steps", "The LoRA weights always stay float32 and apply on the float32 weight in float32 mode."),
                 "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": _tip("checkpoint_every")}),
                 "checkpoint_prefix": ("STRING", {"default": "conceptprism/concept_lora", "tooltip": "Name (and optional subfolder) in models/loras for checkpoints; '_stepNNNN' and a counter are appended. < > : \" | ? * become '_'."}),
                 "resume_from": ([NO_RESUME] + folder_paths.get_filename_list("loras"), {"default": NO_RESUME, "tooltip": "Continue a LoRA saved by Save Prism LoRA (or a checkpoint): its weights, rank, alpha and step count carry on; 'steps' more steps are trained. Refused if it was trained on other tokens or images; other seed or accumulation settings are warned about and recorded."}),
                 **preview_inputs("the LoRA as it is at that step (as Load LoRA on that step's checkpoint + KSampler would)"),
-                "preset": (list(PRESETS), {"default": "auto", "tooltip": "auto: SD models train with the values set here; FLUX.1 models train with the reference FLUX values (" + ", ".join(f"{k} {v:g}" for k, v in FLUX_LORA_DEFAULTS.items()) + ") in those widgets still at their SD default, so values you change are kept (the node's progress text shows the values that ran). widgets: every value exactly as set here (needed to run an SD default on FLUX)."}),
-                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "FLUX.1-dev's guidance input while training (use the one the tokens were learned with; reference 3.5). Ignored by FLUX.1-schnell and SD models."}),
+                **family_inputs(", ".join(f"{k} {v:g}" for k, v in FLUX_LORA_DEFAULTS.items()), "use the one the tokens were learned with; reference 3.5"),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -1,12 +1,12 @@
 """OptimizePrismTokens: Stage 1 (paper Algorithm 1) as a node."""
 from __future__ import annotations
 
-from ..prism_core.config import FLUX_TOKEN_DEFAULTS, PRESETS, TokenConfig, help_text
+from ..prism_core.config import FLUX_TOKEN_DEFAULTS, TokenConfig, help_text
 from ..prism_core.host.family import describe
 from ..prism_core.host.runtime import RunOptions, step_reporter
 from ..prism_core.host.stage1 import family_config, learn_tokens
-from ..prism_core.host.diffusion import TRAINING_DTYPES
 from ..prism_core.host.internals.contract import flux_uses, require, training_uses, validation_answer
+from .run_inputs import family_inputs, memory_inputs
 from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews
 from .types import CATEGORY, CONCEPT_SET, PRISM_TOKENS
 
@@ -50,12 +50,9 @@ class OptimizePrismTokens:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": _tip("seed")}),
             },
             "optional": {
-                "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "Most samples sharing one model call (reconstruction + anchors). Lower it if you run out of memory; results do not change."}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute activations in the backward pass: much less memory, about 30% slower. Results do not change."}),
-                "training_dtype": (list(TRAINING_DTYPES), {"default": "auto", "tooltip": "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI loads SD checkpoints in float16 on most GPUs). auto (default): the first precision ComfyUI allows for this model that the GPU runs, in ComfyUI's order: SD float16 with dynamic loss scaling (measured: the float32 gradient to a cosine of 0.9999999, for about half the memory and time), FLUX.1 bfloat16 (float16 on cards without it); float32 on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). The token vectors always stay float32."}),
+                **memory_inputs("samples (reconstruction + anchors)", "The token vectors always stay float32."),
                 **preview_inputs("the current tokens on the incoming model (as Prism Conditioning + KSampler would)"),
-                "preset": (list(PRESETS), {"default": "auto", "tooltip": "auto: SD models train with the values set here; FLUX.1 models train with the reference FLUX values (" + _flux_values() + ") in those widgets still at their SD default, so values you change are kept (the node's progress text shows the values that ran). widgets: every value exactly as set here (needed to run an SD default on FLUX)."}),
-                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "FLUX.1-dev's guidance input while training, on every branch (the reference: 3.5, the host's default too). Use the value you will sample with (FluxGuidance). Ignored by FLUX.1-schnell and SD models."}),
+                **family_inputs(_flux_values(), "the reference: 3.5, the host's default too; use the value you will sample with, FluxGuidance"),
                 "flux_clip_l": (["fixed", "learned"], {"default": "fixed", "tooltip": "FLUX.1 only: fixed (default, as the reference) keeps the tokens' CLIP-L rows at their seeded start and trains the T5 rows; CLIP-L then only feeds FLUX's pooled vector the same way at every load. learned: train both."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},

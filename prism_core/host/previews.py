@@ -28,12 +28,11 @@ from PIL import Image
 import comfy.model_management
 import comfy.utils
 import node_helpers
-import nodes as host_nodes
 
 from ..previews import PLACEHOLDER, placeholder_image, preview_due, stamp_step
-from ..token_bank import TARGET_SLOT, PrismTokens
-from . import text
+from ..token_bank import PrismTokens
 from .runtime import show_text
+from .stock_nodes import placeholder_conditioning, render
 from .internals.training_guard import load_as_executor
 
 log = logging.getLogger("ConceptPrism")
@@ -61,21 +60,6 @@ class Preview:
     step: int
     prompt: str
     image: torch.Tensor  # IMAGE [1, H, W, 3] as VAEDecode returned it, without the label
-
-
-def concept_conditioning(clip: Any, bank: PrismTokens, prompt: str, placeholder: str) -> Any:
-    """CONDITIONING of `prompt` with the bank's target token at `placeholder`: what Prism Conditioning
-    (mode target) outputs for it."""
-    return clip.encode_from_tokens_scheduled(text.bank_tokens(clip, bank, prompt, (TARGET_SLOT,), placeholder))
-
-
-def render(model: Any, vae: Any, positive: Any, negative: Any, settings: PreviewSettings, size: int) -> torch.Tensor:
-    """IMAGE [1, size, size, 3]: EmptyLatentImage -> KSampler -> VAEDecode, the host's own functions."""
-    latent = host_nodes.EmptyLatentImage().generate(size, size, 1)[0]
-    samples = host_nodes.KSampler().sample(model, settings.seed, settings.steps, settings.cfg, settings.sampler_name,
-                                          settings.scheduler, positive, negative, latent)[0]
-    comfy.model_management.throw_exception_if_processing_interrupted()
-    return host_nodes.VAEDecode().decode(vae, samples)[0]
 
 
 def _rng_devices() -> list[int]:
@@ -120,10 +104,11 @@ class TrainingPreviews:
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 show_text(f"{self.label} step {step}/{self.total_steps}: preview {number}/{len(settings.prompts)} "
                           f"'{prompt}' ({settings.steps} sampler steps)", self.node_id)
-                positive = concept_conditioning(self.clip, tokens, prompt, settings.placeholder)
+                positive = placeholder_conditioning(self.clip, tokens, prompt, settings.placeholder, where=self.label)
                 if settings.guidance is not None:
                     positive = node_helpers.conditioning_set_values(positive, {"guidance": settings.guidance})
-                image = render(sampling_model, self.vae, positive, self._negative, settings, self.size)
+                image = render(sampling_model, self.vae, positive, self._negative, self.size, self.size, settings.seed,
+                               settings.steps, settings.cfg, settings.sampler_name, settings.scheduler)
                 self.previews.append(Preview(step, prompt, image.detach().float().cpu().clone()))
                 self._show(self.labelled(self.previews[-1]))
         log.info("ConceptPrism %s: preview at step %d (%d prompt(s))", self.label, step, len(settings.prompts))

@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 import torch
 
-import comfy.sd
 
 from ..concept_set import ConceptSet
 from ..config import LoraConfig
@@ -24,6 +23,7 @@ from .diffusion import PredictingBackend, Predictor, compute_dtype as resolve_dt
 from .family import ModelFamily, describe
 from .lora_layers import LoraTarget
 from .previews import TrainingPreviews
+from .stock_nodes import apply_lora
 from .resume_point import resume_point
 from .runtime import RunOptions, report_skipped_steps
 
@@ -176,9 +176,3 @@ def train_concept_lora(
                        start_step, record, checkpoint, preview, skipped.append)
         report_skipped_steps("Stage 2", skipped, config.steps, "LoRA", node_id)
         return LoraRun(snapshot(start_step + config.steps, loss), loss)
-
-
-def apply_lora(model: Any, weights: LoraWeights, strength: float = 1.0) -> Any:
-    """A clone of `model` with the LoRA patched in exactly as LoraLoaderModelOnly would patch it."""
-    patched, _ = comfy.sd.load_lora_for_models(model, None, dict(weights), strength, 0)
-    return patched

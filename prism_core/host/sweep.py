@@ -20,7 +20,6 @@ import comfy.model_management
 import comfy.sd
 import comfy.utils
 import folder_paths
-import nodes as host_nodes
 
 from ..files import read_metadata, split_prefix
 from ..lora_file import FORMAT, token_summary
@@ -28,6 +27,7 @@ from ..scores import mean_score
 from ..sweep import Candidate, Choice, SweepCost, SweepPoint, check_cost, choose_checkpoint, header_steps, header_tokens_hash, run_checkpoints
 from ..token_bank import PrismTokens
 from .folders import first_folder
+from .stock_nodes import apply_lora_file, render
 from .runtime import show_text
 from .scoring import preflight, score_images
 
@@ -96,24 +96,6 @@ def run_candidates(lora_name: str, checkpoint_prefix: str, tokens: PrismTokens) 
     return [Candidate(0, None), *checkpoints, Candidate(header_steps(final), lora_name)]
 
 
-def with_lora(model: Any, lora_name: str | None) -> Any:
-    """`model` with a loras-folder file applied at model strength 1, as LoraLoaderModelOnly does; the
-    incoming model itself when lora_name is None (step 0)."""
-    if lora_name is None:
-        return model
-    lora = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("loras", lora_name), safe_load=True)
-    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)
-    return patched
-
-
-def render(model: Any, vae: Any, positive: Any, negative: Any, settings: SweepSettings, seed: int) -> torch.Tensor:
-    """IMAGE [1, H, W, 3]: EmptyLatentImage -> KSampler -> VAEDecode with the host's own functions."""
-    latent = host_nodes.EmptyLatentImage().generate(settings.width, settings.height, 1)[0]
-    samples = host_nodes.KSampler().sample(model, seed, settings.steps, settings.cfg, settings.sampler_name,
-                                          settings.scheduler, positive, negative, latent)[0]
-    return host_nodes.VAEDecode().decode(vae, samples)[0]
-
-
 def run_sweep(model: Any, vae: Any, encode: Callable[[str], Any], negative: Any, references: torch.Tensor,
               candidates: list[Candidate], settings: SweepSettings, score_clip: Any, clip_vision: Any, dino: Any,
               node_id: str | None = None) -> SweepResult:
@@ -133,12 +115,13 @@ def run_sweep(model: Any, vae: Any, encode: Callable[[str], Any], negative: Any,
     renders = []
     done = 0
     for candidate in candidates:
-        patched = with_lora(model, candidate.lora_name)
+        patched = apply_lora_file(model, candidate.lora_name)
         for template, positive in zip(settings.prompts, positives):
             for seed in range(settings.seed, settings.seed + settings.seeds):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 show_text(f"{message}\nrendering {done + 1}/{cost.images}: step {candidate.step}, '{template}', seed {seed}", node_id)
-                renders.append(render(patched, vae, positive, negative, settings, seed))
+                renders.append(render(patched, vae, positive, negative, settings.width, settings.height, seed,
+                                      settings.steps, settings.cfg, settings.sampler_name, settings.scheduler))
                 done += 1
     images = torch.cat(renders)
     show_text(f"{message}\nscoring {cost.images} images", node_id)

@@ -31,7 +31,8 @@ from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.family import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import (  # noqa: E402
-    ComfyStage2Backend, apply_lora, train_concept_lora, training_conditionings)
+    ComfyStage2Backend, train_concept_lora, training_conditionings)
+from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora  # noqa: E402
 
 GRID = 2 ** 24
 HIDDEN = 64  # the tiny FLUX's hidden size (tiny_models)

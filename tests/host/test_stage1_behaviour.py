@@ -170,7 +170,7 @@ def test_training_after_a_lora_patched_clone_was_loaded(family, tiny):
     learn exactly what it learns on a fresh model."""
     from comfyui_conceptprism.prism_core.host import lora_layers
     from comfyui_conceptprism.prism_core.host.family import stage2_targets
-    from comfyui_conceptprism.prism_core.host.stage2 import apply_lora
+    from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora
     from comfyui_conceptprism.prism_core.lora_file import LoraWeights
     models = tiny(family)
     config = TokenConfig(steps=1, gradient_accumulation=1, residual_length=1)

@@ -34,7 +34,8 @@ from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.family import describe, stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import (  # noqa: E402
-    ComfyStage2Backend, apply_lora, train_concept_lora, training_conditionings)
+    ComfyStage2Backend, train_concept_lora, training_conditionings)
+from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora  # noqa: E402
 
 # The oracle's own definition of the layers the paper adapts (state-dict names, host layout).
 ATTENTION_WEIGHT = re.compile(r"^diffusion_model\..*\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.weight$")
