@@ -18,7 +18,10 @@ def _validate(owner: str, checks: list[tuple[bool, str]]) -> None:
 
 @dataclass(frozen=True)
 class TokenConfig:
-    """Every knob of Algorithm 1 (paper Sec. 3.2-3.3). Defaults are the paper's, see METHOD.md."""
+    """Every knob of Algorithm 1 (paper Sec. 3.2-3.3). Defaults are the paper's SD values (one target vector, eight
+    per residual token, beta 0.05, |J| = 3, AdamW lr 4e-4, 200 steps of 4 accumulated micro-steps); weight decay is
+    the reference implementation's. The README's "Defaults that differ from the reference implementation" lists
+    the rest, each with its source."""
 
     target_length: int = _setting(1, "Number of embedding vectors in the target token (the shared concept). The paper's ablation finds 1 best.")
     residual_length: int = _setting(8, "Vectors per residual token (one token per image, for what the image does NOT share). 0 = no residual tokens (plain textual inversion).")
@@ -62,7 +65,9 @@ class TokenConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """Every knob of Algorithm 2 (paper Sec. 3.4). Defaults are the paper's, see METHOD.md."""
+    """Every knob of Algorithm 2 (paper Sec. 3.4). Defaults are the paper's SD values (lr 4e-4, 4 accumulated
+    micro-steps, about 120 steps, measured every 40 up to 200) and the reference's rank and alpha 4; see the README's "Defaults that differ from the reference
+    implementation" for the rest."""
 
     rank: int = _setting(4, "LoRA rank (the reference implementation's 4). Higher learns more detail and more of the training images.")
     alpha: float = _setting(4.0, "LoRA alpha; the update is scaled by alpha/rank (reference: 4, i.e. scale 1).")
@@ -95,7 +100,7 @@ def help_text(config_class: type, name: str) -> str:
     return config_class.__dataclass_fields__[name].metadata["help"]
 
 
-# The reference implementation's FLUX.1 Stage 1 values (its train_flux_stage1.py; METHOD.md): what the
+# The reference implementation's FLUX.1 Stage 1 values (its train_flux_stage1.py): what the
 # "auto" preset runs on a FLUX.1 model in place of the SD values the widgets default to.
 FLUX_TOKEN_DEFAULTS: dict[str, Any] = {"residual_length": 1, "beta": 0.5, "learning_rate": 1e-4, "weight_decay": 1e-4,
                                        "gradient_accumulation": 1}

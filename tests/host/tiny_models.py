@@ -84,7 +84,7 @@ def _t5_config(width: int) -> dict:
 
 
 def _flux(family: str, dtype: torch.dtype, t5_width: int):
-    """A tiny FLUX.1 transformer (HOST-NOTES: hidden 64, 4 heads, axes_dim [4, 6, 6], 1 double + 1 single
+    """A tiny FLUX.1 transformer (hidden 64, 4 heads, axes_dim [4, 6, 6] summing to the head width 16, 1 double + 1 single
     block, vec_in_dim 768 = CLIP-L's pooled width). The T5 width is read by the model from context_in_dim."""
     dev = family == "flux"
     config_class = comfy.supported_models.Flux if dev else comfy.supported_models.FluxSchnell

@@ -4,7 +4,7 @@
 
 Built with the host's own classes at SD1.5's real sizes (UNet model_channels 320, channel_mult
 [1, 2, 4, 4]; the 12-layer 768-wide CLIP-L; the 128-channel VAE: the shapes the host's detection
-needs to call a file SD1.5, HOST-NOTES) and written by the host's own checkpoint layout
+needs to call a file SD1.5: comfy/model_detection.py reads them from the weights) and written by the host's own checkpoint layout
 (`state_dict_for_saving`), in float16 (about 2 GB). Weights are random (comfy ops skip
 initialisation, so they are set here: N(0, 1/fan_in) matrices, unit norms, small biases): it draws
 noise, but every shape, key and code path is a real checkpoint's.
