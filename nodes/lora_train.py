@@ -58,24 +58,24 @@ class PrismLoRATrain:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": _tip("seed")}),
             },
             "optional": {
-                **memory_inputs("micro-steps", "The LoRA weights always stay float32 and apply on the float32 weight in float32 mode."),
+                **memory_inputs("micro-steps", "The LoRA weights always stay float32 and apply on the float32 weight in float32 mode.", "slower"),
                 "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": _tip("checkpoint_every")}),
                 "checkpoint_prefix": ("STRING", {"default": "conceptprism/concept_lora", "tooltip": "Name (and optional subfolder) in models/loras for checkpoints; '_stepNNNN' and a counter are appended. < > : \" | ? * become '_'."}),
                 "resume_from": ([NO_RESUME] + folder_paths.get_filename_list("loras"), {"default": NO_RESUME, "tooltip": "Continue a LoRA saved by Save Prism LoRA (or a checkpoint): its weights, rank, alpha and step count carry on; 'steps' more steps are trained. Refused if it was trained on other tokens or images; other seed or accumulation settings are warned about and recorded."}),
                 **preview_inputs("the LoRA as it is at that step (as Load LoRA on that step's checkpoint + KSampler would)"),
-                **family_inputs(", ".join(f"{k} {v:g}" for k, v in FLUX_LORA_DEFAULTS.items()), "use the one the tokens were learned with; reference 3.5"),
+                **family_inputs(", ".join(f"{k} {v:g}" for k, v in FLUX_LORA_DEFAULTS.items()), " (use the one the tokens were learned with; reference 3.5)"),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, checkpoint_every=None, checkpoint_prefix=None, gradient_checkpointing=None):
+    def VALIDATE_INPUTS(cls, checkpoint_every=None, checkpoint_prefix=None):
         """When the graph is validated, before any node runs (Stage 1 included): a checkpoint folder that cannot be
         written is refused now, not after step `checkpoint_every`; so is a ComfyUI whose internals Stage 2 needs
         changed (internals/contract.py). Values fed by a link arrive as None and are
         checked when the node runs. The host skips its own min/max check of an input this method takes, so the
         range of checkpoint_every is checked here."""
-        refused = validation_answer(NODE, *training_uses(2, bool(gradient_checkpointing)))
+        refused = validation_answer(NODE, *training_uses(2, False))  # checkpointing's part: when the node runs
         if refused is not True or checkpoint_every is None or checkpoint_prefix is None:
             return refused
         low, high = (cls.INPUT_TYPES()["optional"]["checkpoint_every"][1][k] for k in ("min", "max"))
@@ -91,7 +91,7 @@ class PrismLoRATrain:
               preview_prompts="a photo of [V]", preview_steps=12, preview_sampler="euler", preview_scheduler="normal",
               preview_cfg=7.0, preview_seed=0, preset="auto", guidance=3.5, unique_id=None):
         require(NODE, *training_uses(2, gradient_checkpointing))
-        family = describe(model, clip)  # the one decision of this run's model family
+        family = describe(model)  # the one decision of this run's model family (its CLIP is checked by the stage)
         flux = family.flux
         if flux:
             require(NODE, *flux_uses(2))

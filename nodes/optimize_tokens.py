@@ -50,21 +50,22 @@ class OptimizePrismTokens:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": _tip("seed")}),
             },
             "optional": {
-                **memory_inputs("samples (reconstruction + anchors)", "The token vectors always stay float32."),
+                **memory_inputs("samples (reconstruction + anchors)", "The token vectors always stay float32.", "about 30% slower"),
                 **preview_inputs("the current tokens on the incoming model (as Prism Conditioning + KSampler would)"),
-                **family_inputs(_flux_values(), "the reference: 3.5, the host's default too; use the value you will sample with, FluxGuidance"),
+                **family_inputs(_flux_values(), ", on every branch (the reference: 3.5, the host's default too). Use the value you will sample with (FluxGuidance)"),
                 "flux_clip_l": (["fixed", "learned"], {"default": "fixed", "tooltip": "FLUX.1 only: fixed (default, as the reference) keeps the tokens' CLIP-L rows at their seeded start and trains the T5 rows; CLIP-L then only feeds FLUX's pooled vector the same way at every load. learned: train both."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, caption_init=None, gradient_checkpointing=None):
+    def VALIDATE_INPUTS(cls, caption_init=None):
         """When the graph is validated, before upstream nodes load models: refuse a ComfyUI whose internals Stage 1
         needs changed (internals/contract.py); what the connected model adds (FLUX.1) is asked when the node runs.
         It takes caption_init (a required switch, with no range the host would stop checking) because the host
-        reports a refusal only under inputs the method takes that the graph holds."""
-        return validation_answer(NODE, *training_uses(1, bool(gradient_checkpointing)))
+        reports a refusal once per input the method takes that the graph holds; gradient checkpointing's part is
+        asked when the node runs."""
+        return validation_answer(NODE, *training_uses(1, False))
 
     def optimize(self, model, clip, vae, concept_set, target_length, residual_length, beta, exclusion_set_size,
                  learning_rate, steps, gradient_accumulation, caption_init, seed, max_batch=4,

@@ -14,21 +14,21 @@ TRAINING_DTYPE_TIP = (
     "gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). ")
 
 
-def memory_inputs(shared_call: str, stays_float32: str) -> dict:
+def memory_inputs(shared_call: str, stays_float32: str, checkpointing_cost: str) -> dict:
     """max_batch, gradient_checkpointing and training_dtype. `shared_call`: what shares one model call;
-    `stays_float32`: what the node trains, which stays float32 in every mode."""
+    `stays_float32`: what the node trains, which stays float32 in every mode; `checkpointing_cost`: its time cost."""
     return {
         "max_batch": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": (
             f"Most {shared_call} sharing one model call. Lower it if you run out of memory; results do not change.")}),
         "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": (
-            "Recompute activations in the backward pass: much less memory, about 30% slower. Results do not change.")}),
+            f"Recompute activations in the backward pass: much less memory, {checkpointing_cost}. Results do not change.")}),
         "training_dtype": (list(TRAINING_DTYPES), {"default": "auto", "tooltip": TRAINING_DTYPE_TIP + stays_float32}),
     }
 
 
 def family_inputs(flux_values: str, guidance_note: str) -> dict:
-    """preset and guidance. `flux_values`: the reference FLUX.1 values the auto preset runs; `guidance_note`: how
-    this stage's guidance relates to the other's."""
+    """preset and guidance. `flux_values`: the reference FLUX.1 values the auto preset runs; `guidance_note`: where
+    the stage feeds guidance and which value to use."""
     return {
         "preset": (list(PRESETS), {"default": "auto", "tooltip": (
             f"auto: SD models train with the values set here; FLUX.1 models train with the reference FLUX values "
@@ -36,6 +36,6 @@ def family_inputs(flux_values: str, guidance_note: str) -> dict:
             "progress text shows the values that ran). widgets: every value exactly as set here (needed to run an SD "
             "default on FLUX).")}),
         "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": (
-            f"FLUX.1-dev's guidance input while training, on every branch ({guidance_note}). Ignored by FLUX.1-schnell "
+            f"FLUX.1-dev's guidance input while training{guidance_note}. Ignored by FLUX.1-schnell "
             "and SD models.")}),
     }

@@ -104,7 +104,7 @@ class TrainingPreviews:
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 show_text(f"{self.label} step {step}/{self.total_steps}: preview {number}/{len(settings.prompts)} "
                           f"'{prompt}' ({settings.steps} sampler steps)", self.node_id)
-                positive = placeholder_conditioning(self.clip, tokens, prompt, settings.placeholder, where=self.label)
+                positive = placeholder_conditioning(self.clip, tokens, prompt, settings.placeholder, where=None)
                 if settings.guidance is not None:
                     positive = node_helpers.conditioning_set_values(positive, {"guidance": settings.guidance})
                 image = render(sampling_model, self.vae, positive, self._negative, self.size, self.size, settings.seed,

@@ -19,7 +19,7 @@ from ..prompts import reconstruction_prompt
 from ..token_bank import PrismTokens
 from . import lora_layers, text
 from .internals import training_guard
-from .diffusion import PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
+from .diffusion import PredictingBackend, check_text_encoders, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
 from .family import ModelFamily, describe
 from .lora_layers import LoraTarget
 from .previews import TrainingPreviews
@@ -115,8 +115,9 @@ def train_concept_lora(
     raises loss_scaling.NothingTrainedError. Guidance is recorded and compared only when the model reads it
     (model_facts.reads_guidance: FLUX.1-dev, not schnell). `family`: the node's, decided once (family.describe;
     decided here when not given)."""
-    family = family or describe(model, clip)
-    lora_family = family.stage2()
+    family = family or describe(model)
+    lora_family = family.stage2()  # first: a model Stage 2 has no LoRA layout for is named as such
+    check_text_encoders(family.flux, text.encoder_widths(clip))
     flux, guided = family.flux, family.reads_guidance
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")

@@ -21,14 +21,16 @@ MODES = ("target", "target with residual", "residual only")
 
 
 def placeholder_conditioning(clip: Any, tokens: PrismTokens, prompt: str, placeholder: str, mode: str = "target",
-                             residual_index: int = 0, where: str = "Prism Conditioning") -> Any:
+                             residual_index: int = 0, where: str | None = "Prism Conditioning") -> Any:
     """CONDITIONING of `prompt` with the learned tokens at `placeholder`: the target token (mode "target"), the target
     with residual `residual_index` ("target with residual") or the residual alone ("residual only"), encoded by
     the host's own encode_from_tokens_scheduled. Raises ValueError for tokens of another family, or a residual
-    mode with tokens that have none; warns when the CLIP uses another layer than the tokens were learned with."""
+    mode with tokens that have none; warns (as `where`; None: no warning, e.g. for previews of the run itself)
+    when the CLIP uses another layer than the tokens were learned with."""
     widths = {k: v.shape[1] for k, v in tokens.target.items()}
     text.check_family(clip, tokens.encoder_keys, widths, "These ConceptPrism tokens")
-    text.warn_on_other_clip_layer(clip, tokens, where)
+    if where is not None:
+        text.warn_on_other_clip_layer(clip, tokens, where)
     if mode != "target" and tokens.residual_length == 0:
         raise ValueError(f"PrismConditioning: mode '{mode}' needs residual tokens, but these tokens were learned with "
                          "residual_length 0. Use mode 'target'.")

@@ -442,7 +442,7 @@ def test_image_encoders():
         assert host_helpers.dinov2_class() is not None
         assert vision_kind(tiny_models.clip_vision("dinov2")) == "dinov2"
         assert vision_kind(tiny_models.clip_vision("clip")) == "clip"
-    with guarding("comfy.clip_vision.ClipVisionModel"):
+    with guarding("comfy.clip_model.CLIPVisionModelProjection"):
         assert vision_kind(tiny_models.clip_vision("clip")) == "clip"
 
 

@@ -133,7 +133,7 @@ def _probe_tokenizer() -> str | None:
     return (_missing(("embedding_directory", "embedding_key", "embedding_size", "tokens_start",
                       "tokenizer_adds_end_token", "max_length", "tokenizer"), _names_read(tokenizer.__init__),
                      "SDTokenizer.__init__")
-            or _binds(tokenizer.tokenize_with_weights, None, "text", False, tokenizer_options={}))
+            or _binds(tokenizer.tokenize_with_weights, None, "text", False))  # tokenizer_options only when set
 
 
 def _probe_clip_model() -> str | None:
@@ -212,6 +212,8 @@ def _probe_dynamic_clone() -> str | None:
     import comfy.model_patcher
     import comfy.sd
     patcher = comfy.model_patcher.ModelPatcher
+    if not callable(getattr(patcher, "clone", None)) or not callable(getattr(comfy.sd.CLIP, "clone", None)):
+        return "ModelPatcher or CLIP has no clone"
     if not hasattr(patcher, "is_dynamic"):
         return None  # a host without dynamic VRAM: nothing to reload
     return _binds(patcher.clone, None, disable_dynamic=True) or _binds(comfy.sd.CLIP.clone, None, disable_dynamic=True)
@@ -260,11 +262,10 @@ def _probe_conds() -> str | None:
 
 def _probe_clip_vision() -> str | None:
     import comfy.clip_model
-    import comfy.clip_vision
-    return (_missing(("return_all_hidden_states",), _names_read(comfy.clip_vision.ClipVisionModel.__init__),
-                     "ClipVisionModel.__init__")
-            or _missing(("visual_projection",), _names_read(comfy.clip_model.CLIPVisionModelProjection.__init__),
-                        "CLIPVisionModelProjection.__init__"))
+    # return_all_hidden_states marks SigLIP on the releases that load it (not 0.3.52, which has none to mark);
+    # what must hold everywhere is the CLIP vision model's projection, which CLIP-I reads.
+    return _missing(("visual_projection",), _names_read(comfy.clip_model.CLIPVisionModelProjection.__init__),
+                    "CLIPVisionModelProjection.__init__")
 
 
 def _probe_image_encoders() -> str | None:
@@ -333,8 +334,9 @@ INTERNALS: tuple[Internal, ...] = (
              "the host would run the model in on this card", _uses(TRAINING), "test_dtype_choice", _probe_dtype_choice),
     Internal("comfy.clip_vision.IMAGE_ENCODERS", "to tell a DINOv2 CLIP_VISION from a CLIP one", _uses(DINO),
              "test_image_encoders", _probe_image_encoders),
-    Internal("comfy.clip_vision.ClipVisionModel", "to tell CLIP from SigLIP (return_all_hidden_states, "
-             "visual_projection) for CLIP-I", _uses(SCORING), "test_image_encoders", _probe_clip_vision),
+    Internal("comfy.clip_model.CLIPVisionModelProjection", "to tell a CLIP vision model (its visual_projection) "
+             "from SigLIP (return_all_hidden_states, where the host loads SigLIP) for CLIP-I", _uses(SCORING),
+             "test_image_encoders", _probe_clip_vision),
     Internal("comfy_execution.validation.validate_node_input", "to check link types as the host does, for Load "
              "Concept Set's first-run message", _uses(LINKS), "test_validate_node_input", _probe_validate_node_input),
 )
@@ -367,10 +369,14 @@ def _owner(symbol: str) -> str | None:
         value = _resolve(symbol.split(" / ")[0].split("(")[0])
     except Exception:  # noqa: BLE001 - a symbol that is gone has no owner to name
         return None
-    module = getattr(inspect.unwrap(value) if callable(value) else value, "__module__", None)
-    if not isinstance(module, str) or module.split(".")[0] in HOST_PACKAGES:
-        return None
-    return module
+    candidates = [value]
+    if inspect.isclass(value):  # a class of the host's with a method another node replaced
+        candidates += [f for f in vars(value).values() if inspect.isfunction(f)]
+    for candidate in candidates:
+        module = getattr(inspect.unwrap(candidate) if callable(candidate) else candidate, "__module__", None)
+        if isinstance(module, str) and module.split(".")[0] not in HOST_PACKAGES:
+            return module
+    return None
 
 
 def problems(*uses: str) -> list[tuple[Internal, str]]:
