@@ -63,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
     from ..prism_core.config import LoraConfig, TokenConfig
     from ..prism_core.host.runtime import RunOptions
     from ..prism_core.host.stage1 import learn_tokens
+    from ..prism_core.host.family import describe
     from ..prism_core.host.stage2 import train_concept_lora
     if cuda and not torch.cuda.is_available():
         raise SystemExit("bench gpu: no CUDA device here. Run it on a GPU machine (or --cpu-smoke to check the script).")
@@ -86,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
                                           on_step=on_step)
                 else:
                     train_concept_lora(bench.model, bench.clip, bench.vae, concept, tokens, LoraConfig(steps=args.steps),
-                                       options, on_step=on_step)
+                                       options, family=describe(bench.model, stage2=True), on_step=on_step)
             run = {"stage": stage, "training_dtype": dtype, "seconds_per_step": statistics.median(times) if times else None,
                    "peak_vram_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None}
             results["runs"].append(run)

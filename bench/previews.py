@@ -87,6 +87,7 @@ def run_stage(stage: int, settings: Settings, bench_models, concept, tokens=None
     from ..prism_core.host.previews import PreviewSettings, TrainingPreviews
     from ..prism_core.host.runtime import RunOptions
     from ..prism_core.host.stage1 import learn_tokens
+    from ..prism_core.host.family import describe
     from ..prism_core.host.stage2 import train_concept_lora
 
     prompts = tuple(f"a photo of [V], view {i}" for i in range(settings.prompts))
@@ -105,7 +106,8 @@ def run_stage(stage: int, settings: Settings, bench_models, concept, tokens=None
         else:
             config = LoraConfig(steps=settings.steps, gradient_accumulation=settings.accumulation, seed=settings.seed)
             result = train_concept_lora(bench_models.model, bench_models.clip, bench_models.vae, concept, tokens, config,
-                                        options, on_step=clocked.on_step, previews=previews)
+                                        options, family=describe(bench_models.model, stage2=True),
+                                        on_step=clocked.on_step, previews=previews)
     total = measure.clock() - started
     assert len(clocked.previews) == settings.steps // settings.every, clocked.previews
     step_s = statistics.median(clocked.steps[1:] or clocked.steps)  # the first step also pays warm-up

@@ -202,8 +202,8 @@ class Recorder:
 
 # -- the two trainers ------------------------------------------------------------------------------------
 def attention_weight_keys(bench_models: models.BenchModels) -> set[str]:
-    from ..prism_core.host import lora_layers
-    return {f"{name}.weight" for name in lora_layers.attention_projections(bench_models.model)}
+    from ..prism_core.host import lora_targets
+    return {f"{name}.weight" for name in lora_targets.attention_projections(bench_models.model)}
 
 
 @contextlib.contextmanager
@@ -224,16 +224,17 @@ def restricted_to(keys: set[str]) -> Any:
 def run_pack(spec: Spec, settings: Settings, bench_models: models.BenchModels, data: Data, steps: int) -> list[float]:
     from ..prism_core.config import LoraConfig
     from ..prism_core.stage2 import train_lora
-    from ..prism_core.host import lora_layers
-    from ..prism_core.host.family import stage2_targets
-    from ..prism_core.host.stage2 import ComfyStage2Backend
+    from ..prism_core.host import lora_layers, lora_targets
+    from ..prism_core.host.family import describe
+    from ..prism_core.host.lora_targets import stage2_targets
+    from ..prism_core.host.stage2_backend import ComfyStage2Backend
     config = LoraConfig(rank=settings.rank, alpha=float(settings.rank), learning_rate=LEARNING_RATE, steps=steps,
                         gradient_accumulation=settings.accumulation, seed=settings.seed)
     model = bench_models.model
     with torch.inference_mode(False):
-        layers = lora_layers.attention_projections(model)
+        layers = lora_targets.attention_projections(model)
         adapters = lora_layers.new_adapters(stage2_targets(model), layers, config.rank, config.alpha, config.seed)
-        with ComfyStage2Backend(model, adapters, spec.max_batch, "float32", spec.checkpointing) as backend:
+        with ComfyStage2Backend(model, adapters, describe(model), stage2_targets(model), spec.max_batch, "float32", spec.checkpointing) as backend:
             return train_lora(backend, data.latents, data.conds, lora_layers.adapter_parameters(adapters), config)
 
 

@@ -27,6 +27,7 @@ from comfyui_conceptprism.prism_core.config import TABLE2_CONFIGURATIONS, LoraCo
 from comfyui_conceptprism.prism_core.token_bank import PrismTokens
 from comfyui_conceptprism.prism_core.host.runtime import RunOptions
 from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens
+from comfyui_conceptprism.prism_core.host.family import describe
 from comfyui_conceptprism.prism_core.host.stage2 import train_concept_lora
 from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora
 
@@ -146,7 +147,8 @@ def run_unit(wm: WorldModel, net: classifiers.AttributeNet, index: int, config_n
         return record
     lora_config = LoraConfig(steps=budget.stage2_steps, gradient_accumulation=budget.stage2_accumulation, seed=seed,
                              learning_rate=budget.stage2_learning_rate)
-    run = train_concept_lora(wm.model, wm.clip, wm.vae, concept_set, tokens, lora_config, RunOptions())
+    run = train_concept_lora(wm.model, wm.clip, wm.vae, concept_set, tokens, lora_config, RunOptions(),
+                             family=describe(wm.model, stage2=True))
     t3 = time.time()
     record["lora"] = score(dataclasses.replace(wm, model=apply_lora(wm.model, run.weights)), net, tokens, concept,
                            scene_list, budget, gen_seed)

@@ -7,11 +7,10 @@ from typing import Any, Sequence
 import torch
 
 import comfy.model_management
-import comfy.model_sampling
 
 from ..losses import native_coefficients, native_from_denoised
-from ..schedule import FLOW_SIGMA_LEVELS, flow_sigmas
-from .internals.model_facts import condition_tensors, device_computes, is_flux1, supported_dtypes
+from ..schedule import flow_sigmas
+from .internals.model_facts import condition_tensors, device_computes, supported_dtypes
 
 Cond = dict[str, torch.Tensor]
 
@@ -65,37 +64,6 @@ def model_inputs(patcher: Any, cond: torch.Tensor, pooled: torch.Tensor | None, 
     if unsupported:
         raise ValueError(f"ConceptPrism does not support models that need {sorted(unsupported)} (e.g. inpainting models).")
     return condition_tensors(extras)
-
-
-TRAINED_FAMILIES = "SD1.x, SD2.x (incl. v-prediction), SDXL and FLUX.1 (dev, schnell)"
-
-
-def prediction_target(sampling: Any, patcher: Any | None = None) -> str:
-    """The family's native training target, from the class of the (possibly patched) model_sampling:
-    "eps" for EPS models, "v" for V_PREDICTION (SD2.x-768-v), "flow" (velocity eps - x0) for FLUX.1's CONST
-    sampling. A flow model is accepted only when `patcher` is FLUX.1 (`is_flux1`). Raises ValueError for
-    parameterisations and models the pack does not train (EDM, x0, FLUX.2, SD3, ...), naming what it trains."""
-    if isinstance(sampling, comfy.model_sampling.CONST):
-        if patcher is not None and is_flux1(patcher):
-            return "flow"
-        name = type(patcher.model).__name__ if patcher is not None else type(sampling).__name__
-        raise ValueError(
-            f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL is a flow model of another kind ({name}, e.g. FLUX.2, "
-            "SD3 or Chroma). Load a FLUX.1-dev or FLUX.1-schnell diffusion model, or an SD checkpoint.")
-    if isinstance(sampling, (comfy.model_sampling.EDM, comfy.model_sampling.X0)) or not isinstance(sampling, comfy.model_sampling.EPS):
-        raise ValueError(
-            f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL's sampling is "
-            f"{type(sampling).__name__}. Load one of those models, and remove ModelSampling* patches that change "
-            "the prediction type.")
-    return "v" if isinstance(sampling, comfy.model_sampling.V_PREDICTION) else "eps"
-
-
-def schedule_levels(sampling: Any, target: str) -> int:
-    """How many timestep indices a training plan draws from, for a model's sampling and native `target`: the
-    discrete schedule's length for eps and v models (t ~ U{0..T-1}, paper Sec. 4.1), `FLOW_SIGMA_LEVELS` for flow
-    models (sigma ~ U(0, 1], drawn directly: FLUX's 10,000 stored sigmas are shifted, so a uniform index would
-    not be a uniform sigma)."""
-    return FLOW_SIGMA_LEVELS if target == "flow" else int(sampling.sigmas.shape[0])
 
 
 def plan_sigmas(sampling: Any, kind: str, timesteps: Sequence[int]) -> torch.Tensor:
@@ -166,18 +134,6 @@ class PredictingBackend:
 
     def check_interrupt(self) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
-
-
-def check_text_encoders(flux: bool, encoder_keys: set[str] | tuple[str, ...] | dict[str, int]) -> None:
-    """Raise ValueError, naming the fix, when the CLIP's text encoders (`encoder_keys`: clip_l, t5xxl, ...) are not
-    the MODEL's family's (`flux`: FLUX.1): FLUX.1 needs CLIP-L + T5-XXL, SD models have no T5."""
-    keys = set(encoder_keys)
-    if flux and keys != {"clip_l", "t5xxl"}:
-        raise ValueError(f"This FLUX.1 MODEL needs FLUX's text encoders (CLIP-L + T5-XXL), but the CLIP has {sorted(keys)}. "
-                         "Load them with DualCLIPLoader (type flux: clip_l and t5xxl) and connect that CLIP.")
-    if not flux and "t5xxl" in keys:
-        raise ValueError(f"This MODEL is an SD model, but the CLIP has FLUX's/SD3's text encoders ({sorted(keys)}). Connect the "
-                         "CLIP of the same checkpoint (Load Checkpoint's CLIP output), or load a FLUX.1 model.")
 
 
 def encode_latents(model: Any, vae: Any, images: torch.Tensor) -> torch.Tensor:

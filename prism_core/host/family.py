@@ -4,21 +4,34 @@ A family is what the pack needs to know to train a MODEL and to hand the result 
 target and timestep sampling, whether it reads FLUX.1's guidance input, its text encoders and their widths,
 which presets and frozen encoders apply, and (where Stage 2 supports it) the LoRA family its files are written
 for. `describe` decides all of it in one place; the stages and nodes take the `ModelFamily` it returns instead of
-asking the model again. Adding a family is one more case here (and in lora_layers' family table) plus its tests.
+asking the model again. Adding a family is one more case here plus its tests.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+import comfy.model_base
+import comfy.model_sampling
+import comfy.supported_models
+
 from ..lora_file import BaseFamily
+from ..schedule import FLOW_SIGMA_LEVELS
 from . import text
-from .diffusion import check_text_encoders, prediction_target, schedule_levels
 from .internals.model_facts import is_flux1, reads_guidance
-from .lora_layers import LoraTarget, lora_family, lora_targets
+
+TRAINED_FAMILIES = "SD1.x, SD2.x (incl. v-prediction), SDXL and FLUX.1 (dev, schnell)"
 
 # FLUX.1's CLIP-L rows stay fixed by default (as the reference FLUX trainer): T5 carries the concept.
 FLUX_FROZEN_ENCODERS = ("clip_l",)
+
+# Stage 2's LoRA families of the SD model configs: (config class, name, kohya base name, modelspec architecture),
+# checked in order (SDXL-derived configs first).
+SD_LORA_FAMILIES = [
+    (comfy.supported_models.SDXL, "sdxl", "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
+    (comfy.supported_models.SD20, "sd2", "sd_v2", "stable-diffusion-v2-512/lora"),
+    (comfy.supported_models.SD15, "sd15", "sd_v1", "stable-diffusion-v1/lora"),
+]
 
 
 @dataclass(frozen=True)
@@ -59,23 +72,62 @@ class ModelFamily:
         return self.lora
 
 
-def describe(model: Any, clip: Any | None = None) -> ModelFamily:
+def sampling_target(sampling: Any) -> str:
+    """The native training target the class of the (possibly patched) model_sampling names: "eps" for EPS models,
+    "v" for V_PREDICTION (SD2.x-768-v), "flow" (velocity eps - x0) for CONST sampling (describe accepts it for
+    FLUX.1 only). Raises ValueError for parameterisations the pack does not train (EDM, x0, ...)."""
+    if isinstance(sampling, comfy.model_sampling.CONST):
+        return "flow"
+    if isinstance(sampling, (comfy.model_sampling.EDM, comfy.model_sampling.X0)) or not isinstance(sampling, comfy.model_sampling.EPS):
+        raise ValueError(
+            f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL's sampling is "
+            f"{type(sampling).__name__}. Load one of those models, and remove ModelSampling* patches that change "
+            "the prediction type.")
+    return "v" if isinstance(sampling, comfy.model_sampling.V_PREDICTION) else "eps"
+
+
+def sd_lora_family(model: Any) -> BaseFamily | None:
+    """The LoRA family of an SD model config (SD_LORA_FAMILIES; SD2.x-768-v by its V_PREDICTION model type), or
+    None for any other config."""
+    config = model.model.model_config
+    v_prediction = model.model.model_type == comfy.model_base.ModelType.V_PREDICTION
+    for config_class, name, kohya, modelspec in SD_LORA_FAMILIES:
+        if isinstance(config, config_class):
+            if name == "sd2" and v_prediction:
+                modelspec = "stable-diffusion-v2-768-v/lora"
+            return BaseFamily(name, v_prediction, kohya, modelspec)
+    return None
+
+
+def describe(model: Any, clip: Any | None = None, stage2: bool = False) -> ModelFamily:
     """The family of `model` (a MODEL patcher) with `clip`'s text encoders, decided once.
 
-    Raises ValueError before any work for a model the pack does not train (diffusion.prediction_target: EDM, x0,
-    FLUX.2, SD3, ...) and for a CLIP whose text encoders are not the model's family's (check_text_encoders)."""
+    Raises ValueError before any work for a model the pack does not train (sampling_target: EDM, x0; a flow model
+    that is not FLUX.1: FLUX.2, SD3, ...), with `stage2` for a model Stage 2 has no LoRA layout for (named before
+    the CLIP is checked), and for a CLIP whose text encoders are not the model's family's
+    (text.check_text_encoders). The model's own questions come first, the CLIP's last, so each is asked once."""
     sampling = model.get_model_object("model_sampling")
-    target = prediction_target(sampling, model)
-    flux = is_flux1(model)
+    target = sampling_target(sampling)
+    sd_lora = sd_lora_family(model)
+    flux, guided = is_flux1(model), reads_guidance(model)
+    if target == "flow" and not flux:
+        raise ValueError(
+            f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL is a flow model of another kind ({type(model.model).__name__}, "
+            "e.g. FLUX.2, SD3 or Chroma). Load a FLUX.1-dev or FLUX.1-schnell diffusion model, or an SD checkpoint.")
+    # FLUX.1: the LoRA family follows the guidance embedding (dev reads guidance, schnell does not).
+    lora = (BaseFamily("flux1" if guided else "flux1-schnell", False, "flux1",
+                       "flux-1-dev/lora" if guided else "flux-1-schnell/lora") if flux else sd_lora)
+    refusal = "" if lora is not None else (
+        f"ConceptPrism Stage 2 supports SD1.x, SD2.x, SDXL and FLUX.1 (dev, schnell); this MODEL is "
+        f"{type(model.model.model_config).__name__}. Load one of those, or use the Stage 1 tokens (Prism Conditioning, "
+        "Save Prism Embedding) without a LoRA.")
+    if stage2 and lora is None:
+        raise ValueError(refusal)
     widths = text.encoder_widths(clip) if clip is not None else {}
     if clip is not None:
-        check_text_encoders(flux, widths)
-    guided = reads_guidance(model)
-    lora, refusal = lora_family(model, flux, guided)
-    return ModelFamily(flux, target, schedule_levels(sampling, target), guided, widths, lora, refusal)
-
-
-def stage2_targets(model: Any) -> dict[str, LoraTarget]:
-    """{target key: LoraTarget} of the layers Stage 2 adapts on `model`, for callers outside a run (tests,
-    benchmarks); a run asks its ModelFamily once and reads the key map once (lora_layers.lora_targets)."""
-    return lora_targets(model, describe(model).stage2())
+        text.check_text_encoders(flux, widths)
+    # eps and v models draw t ~ U{0..T-1} of their discrete schedule (paper Sec. 4.1); flow models draw sigma ~
+    # U(0, 1] on FLOW_SIGMA_LEVELS directly: FLUX's stored sigmas are shifted, so a uniform index would not be a
+    # uniform sigma.
+    levels = FLOW_SIGMA_LEVELS if target == "flow" else int(sampling.sigmas.shape[0])
+    return ModelFamily(flux, target, levels, guided, widths, lora, refusal)

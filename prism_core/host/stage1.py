@@ -68,7 +68,7 @@ def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: T
                  family: ModelFamily | None = None) -> PrismTokens:
     """Paper Algorithm 1 on a MODEL/CLIP/VAE. The incoming objects are left as they were. `previews`, if
     given, renders the current tokens on the incoming MODEL every N steps (prism_core.host.previews). Raises
-    ValueError before any work for a model family the pack does not train (diffusion.prediction_target) and
+    ValueError before any work for a model family the pack does not train (family.describe) and
     for a FLUX.1 model without FLUX's text encoders; loss_scaling.NothingTrainedError when float16 overflow
     skipped every update. Skipped updates are counted in the settings (skipped_steps) and, when they are more
     than a few, warned about in the console and on node `node_id`. `family`: the node's, decided once

@@ -1,7 +1,6 @@
 """Stage 2 on ComfyUI objects: train the attention LoRA with the Stage 1 tokens fixed (Algorithm 2)."""
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -18,47 +17,16 @@ from ..batching import Cond
 from ..prompts import reconstruction_prompt
 from ..token_bank import PrismTokens
 from . import lora_layers, text
-from .internals import training_guard
-from .diffusion import PredictingBackend, check_text_encoders, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
-from .family import ModelFamily, describe
-from .lora_layers import LoraTarget
+from .diffusion import compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
+from .family import ModelFamily
+from .lora_targets import FLUX_LAYERS, lora_targets
+from .stage2_backend import ComfyStage2Backend
 from .previews import TrainingPreviews
 from .stock_nodes import apply_lora
 from .resume_point import resume_point
 from .runtime import RunOptions, report_skipped_steps
 
 log = logging.getLogger("ConceptPrism")
-
-
-class ComfyStage2Backend(PredictingBackend):
-    """`Stage2Backend` on a MODEL: a loaded clone carrying trainable host LoRA adapters.
-
-    Use as a context manager inside ``torch.inference_mode(False)``; leaving restores every module.
-    """
-
-    def __init__(self, model: Any, adapters: dict[str, torch.nn.Module], max_batch: int = 4,
-                 training_dtype: str = "float32", checkpointing: bool = False, family: ModelFamily | None = None,
-                 targets: dict[str, LoraTarget] | None = None) -> None:
-        self.model, self.adapters, self.max_batch = model, adapters, max_batch
-        self.training_dtype, self.checkpointing = training_dtype, checkpointing
-        # A run passes the family and LoRA targets it decided; without them they are decided here.
-        self.family = family or describe(model)
-        self.targets = targets if targets is not None else lora_layers.lora_targets(model, self.family.stage2())
-        self.num_timesteps = self.family.schedule_levels
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self) -> "ComfyStage2Backend":
-        wrappers = lora_layers.weight_wrappers(self.targets, self.adapters)
-        compute_dtype = resolve_dtype(self.training_dtype, self.model)
-        self.compute_dtype = dtype_name(compute_dtype)
-        self.train_model, _ = self._stack.enter_context(training_guard.loaded_training_clones(
-            self.model, None, wrappers, self.checkpointing, compute_dtype))
-        self._predictor = Predictor(self.train_model, self.family.target, compute_dtype)
-        self.loss_scaling = self._predictor.loss_scaling
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stack.close()
 
 
 def check_tokens_match(clip: Any, tokens: PrismTokens, concept: ConceptSet) -> None:
@@ -100,34 +68,31 @@ class LoraRun:
 
 def train_concept_lora(
     model: Any, clip: Any, vae: Any, concept: ConceptSet, tokens: PrismTokens, config: LoraConfig,
-    options: RunOptions = RunOptions(), resume: LoraWeights | None = None,
+    options: RunOptions = RunOptions(), resume: LoraWeights | None = None, *, family: ModelFamily,
     on_step: Callable[[int, int, float], None] | None = None,
     on_checkpoint: Callable[[LoraWeights], None] | None = None,
     previews: TrainingPreviews | None = None,
-    node_id: str | None = None, family: ModelFamily | None = None,
+    node_id: str | None = None,
 ) -> LoraRun:
     """Paper Algorithm 2 on a MODEL/CLIP/VAE. The incoming objects are left as they were; the LoRA
-    lives on a training clone only. `resume` continues a saved LoRA and its step count, if it was trained
+    lives on a training clone only. `family`: the run's, decided once by ``family.describe(model, stage2=True)``
+    (which refuses a model Stage 2 has no LoRA layout for); a CLIP of another family is refused here.
+    `resume` continues a saved LoRA and its step count, if it was trained
     on these tokens and images (see resume_point). `previews`, if given, renders the incoming MODEL with the
     current adapters patched in as LoraLoader patches that step's file, every N steps (prism_core.host.previews).
     Updates skipped for float16 overflow are counted in the header (skipped_steps, per run and in total) and,
     when more than a few, warned about in the console and on node `node_id`; a run with every update skipped
     raises loss_scaling.NothingTrainedError. Guidance is recorded and compared only when the model reads it
-    (model_facts.reads_guidance: FLUX.1-dev, not schnell). `family`: the node's, decided once (family.describe;
-    decided here when not given)."""
-    family = family or describe(model)
-    lora_family = family.stage2()  # first: a model Stage 2 has no LoRA layout for is named as such
-    check_text_encoders(family.flux, text.encoder_widths(clip))
+    (model_facts.reads_guidance: FLUX.1-dev, not schnell)."""
+    lora_family = family.stage2()
     flux, guided = family.flux, family.reads_guidance
+    text.check_text_encoders(flux, text.encoder_widths(clip))
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
     learned_guidance = tokens.settings.get("guidance")
     if guided and learned_guidance is not None and learned_guidance != options.guidance:
         log.warning("ConceptPrism Prism LoRA Train: these tokens were learned with guidance %s, this run uses %s. Use the "
                     "same guidance as Stage 1 (and when sampling) unless you mean to change it.", learned_guidance, options.guidance)
-    targets = lora_layers.lora_targets(model, lora_family)  # the host's key map, read once per run
-    layers = list(targets)
-    names = {key: target.file_name for key, target in targets.items()}
     training_dtype = dtype_name(resolve_dtype(options.training_dtype, model))
     start = resume_point(resume, lora_family, tokens, concept, config, training_dtype,
                          {"guidance": options.guidance} if guided else None)
@@ -136,17 +101,19 @@ def train_concept_lora(
         conds = training_conditionings(model, clip, tokens, concept.resolution, family.guidance_input(options.guidance))
         latents = encode_latents(model, vae, concept.images.clone())
         check_training_inputs(concept.images, latents, concept.names, concept.source)
+        targets = lora_targets(model, lora_family)  # the host's key map, read once per run
+        names = {key: target.file_name for key, target in targets.items()}
         if resume is not None:
             adapters = lora_layers.adapters_from_file(names, dict(resume))
         else:
-            adapters = lora_layers.new_adapters(targets, layers, config.rank, config.alpha, config.seed)
+            adapters = lora_layers.new_adapters(targets, list(targets), config.rank, config.alpha, config.seed)
         rank = next(iter(adapters.values())).rank
         alpha = float(next(iter(adapters.values())).alpha)
         if resume is not None and (rank, alpha) != (config.rank, config.alpha):
             log.info("ConceptPrism: resuming keeps the saved LoRA's rank %d and alpha %g (the rank/alpha inputs are not used).", rank, alpha)
         settings = {**config.to_dict(), "rank": rank, "alpha": alpha, "resolution": concept.resolution,
                     "training_dtype": training_dtype,
-                    "layers": lora_layers.FLUX_LAYERS if flux else "attention (to_q, to_k, to_v, to_out.0)",
+                    "layers": FLUX_LAYERS if flux else "attention (to_q, to_k, to_v, to_out.0)",
                     "clip_layer": text.clip_layer(clip), "prediction_target": family.target,
                     **({"guidance": options.guidance} if guided else {})}
         skipped: list[int] = []  # this run's steps whose update float16 overflow skipped
@@ -165,8 +132,8 @@ def train_concept_lora(
                 on_step(step, last, value)
 
         checkpoint = (lambda step: on_checkpoint(snapshot(step, loss))) if on_checkpoint is not None else None
-        with ComfyStage2Backend(model, adapters, options.max_batch, options.training_dtype,
-                                options.gradient_checkpointing, family, targets) as backend:
+        with ComfyStage2Backend(model, adapters, family, targets, options.max_batch, options.training_dtype,
+                                options.gradient_checkpointing) as backend:
             preview = None
             if previews is not None and previews.settings.every > 0:
                 def preview(step: int) -> None:

@@ -147,3 +147,15 @@ def check_family(clip: Any, keys: tuple[str, ...], widths: dict[str, int], what:
             f"({', '.join(f'{k}: {widths[k]}' for k in sorted(keys))}), but this CLIP is "
             f"{family_name(tuple(clip_widths))} ({', '.join(f'{k}: {v}' for k, v in sorted(clip_widths.items()))}). "
             "Load the checkpoint family the tokens were trained with, or train new tokens for this one.")
+
+
+def check_text_encoders(flux: bool, encoder_keys: set[str] | tuple[str, ...] | dict[str, int]) -> None:
+    """Raise ValueError, naming the fix, when the CLIP's text encoders (`encoder_keys`: clip_l, t5xxl, ...) are not
+    the MODEL's family's (`flux`: FLUX.1): FLUX.1 needs CLIP-L + T5-XXL, SD models have no T5."""
+    keys = set(encoder_keys)
+    if flux and keys != {"clip_l", "t5xxl"}:
+        raise ValueError(f"This FLUX.1 MODEL needs FLUX's text encoders (CLIP-L + T5-XXL), but the CLIP has {sorted(keys)}. "
+                         "Load them with DualCLIPLoader (type flux: clip_l and t5xxl) and connect that CLIP.")
+    if not flux and "t5xxl" in keys:
+        raise ValueError(f"This MODEL is an SD model, but the CLIP has FLUX's/SD3's text encoders ({sorted(keys)}). Connect the "
+                         "CLIP of the same checkpoint (Load Checkpoint's CLIP output), or load a FLUX.1 model.")

@@ -64,3 +64,12 @@ def oracle_native(model, z, sigma, eps, cond, extra):
         v = lambda e, x: alphabar.sqrt() * e - (1 - alphabar).sqrt() * x
         return v(eps_hat, x0_hat), v(eps, z)
     return eps_hat, eps
+
+
+def stage2_run(model):
+    """(family, LoRA targets) of `model` as a Stage 2 run decides them once: the family and targets arguments of
+    ComfyStage2Backend for tests that drive the backend directly."""
+    from comfyui_conceptprism.prism_core.host.family import describe
+    from comfyui_conceptprism.prism_core.host.lora_targets import lora_targets
+    family = describe(model, stage2=True)
+    return family, lora_targets(model, family.lora)

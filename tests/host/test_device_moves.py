@@ -23,8 +23,9 @@ require_host()
 import comfy.model_management  # noqa: E402
 
 import tiny_models  # noqa: E402
+from host_checks import stage2_run  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
-from comfyui_conceptprism.prism_core.host.family import stage2_targets  # noqa: E402
+from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import ComfyStage2Backend  # noqa: E402
 
@@ -106,7 +107,7 @@ def test_stage2_lora_adapters_follow_the_hosts_load(family, stand_in_device):
     adapters = lora_layers.new_adapters(stage2_targets(model), list(stage2_targets(model)), rank=2, alpha=2.0, seed=0)
     assert {p.device.type for p in lora_layers.adapter_parameters(adapters)} == {"cpu"}
     with torch.inference_mode(False):
-        with ComfyStage2Backend(model, adapters, training_dtype="float32") as backend:
+        with ComfyStage2Backend(model, adapters, *stage2_run(model), training_dtype="float32") as backend:
             counts = _check_on_stand_in(backend.train_model.model)
             # What the training loop hands the optimizer, read after the load as train_concept_lora reads it.
             # (Not the Parameter objects from before: Module.to keeps them between CPU and CUDA, but a move to
@@ -136,5 +137,5 @@ def test_auto_precision_of_both_backends_on_a_stand_in_gpu(family, want, stand_i
     with torch.inference_mode(False):
         with ComfyStage1Backend(models.model, models.clip, lengths, 32, training_dtype="auto") as stage1:
             assert (stage1.compute_dtype, stage1.loss_scaling) == (want, want == "float16")
-        with ComfyStage2Backend(models.model, adapters, training_dtype="auto") as stage2:
+        with ComfyStage2Backend(models.model, adapters, *stage2_run(models.model), training_dtype="auto") as stage2:
             assert (stage2.compute_dtype, stage2.loss_scaling) == (want, want == "float16")

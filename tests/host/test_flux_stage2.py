@@ -18,7 +18,7 @@ import comfy.lora  # noqa: E402
 import comfy.model_management  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
-from host_checks import RES, host_outputs, module_state  # noqa: E402
+from host_checks import RES, host_outputs, module_state, stage2_run  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
@@ -28,7 +28,8 @@ from comfyui_conceptprism.prism_core.stage2 import step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
-from comfyui_conceptprism.prism_core.host.family import stage2_targets  # noqa: E402
+from comfyui_conceptprism.prism_core.host.family import describe  # noqa: E402
+from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import (  # noqa: E402
     ComfyStage2Backend, train_concept_lora, training_conditionings)
@@ -73,7 +74,7 @@ def _step_losses(model, models, adapters, tokens, concept, checkpointing=False):
     with torch.inference_mode(False):
         conds = training_conditionings(model, models.clip, tokens, RES, 3.5)
         latents = encode_latents(model, models.vae, concept.images.clone())
-        with ComfyStage2Backend(model, adapters, max_batch=2, checkpointing=checkpointing) as backend:
+        with ComfyStage2Backend(model, adapters, *stage2_run(model), max_batch=2, checkpointing=checkpointing) as backend:
             params = lora_layers.adapter_parameters(adapters)
             losses = step_losses(backend, latents, conds, STEPS, params)
     return losses, params
@@ -213,7 +214,8 @@ def test_cancel_writes_nothing_checkpoints_and_resume(tiny, lora_dir, caplog):
         comfy.model_management.interrupt_current_processing(True)
     try:
         with torch.inference_mode(), pytest.raises(comfy.model_management.InterruptProcessingException):
-            train_concept_lora(models.model, models.clip, models.vae, concept, tokens, LoraConfig(steps=3, gradient_accumulation=1), on_step=cancel)
+            train_concept_lora(models.model, models.clip, models.vae, concept, tokens, LoraConfig(steps=3, gradient_accumulation=1),
+                               family=describe(models.model, stage2=True), on_step=cancel)
     finally:
         comfy.model_management.interrupt_current_processing(False)
     assert not list(lora_dir.rglob("*")) and module_state(models.model.model) == state

@@ -19,7 +19,7 @@ from host_checks import RES  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
-from comfyui_conceptprism.prism_core.host import family as family_module, lora_layers, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host import family as family_module, lora_targets, text  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
 
 
@@ -45,9 +45,9 @@ def decisions(monkeypatch):
             counts[name] += 1
             return function(*args, **kwargs)
         return wrapper
-    monkeypatch.setattr(family_module, "prediction_target", counted("family", family_module.prediction_target))
-    monkeypatch.setattr(lora_layers, "lora_key_map", counted("key map", lora_layers.lora_key_map))
-    monkeypatch.setattr(lora_layers, "flux_diffusers_map", counted("key map", lora_layers.flux_diffusers_map))
+    monkeypatch.setattr(family_module, "sampling_target", counted("family", family_module.sampling_target))
+    monkeypatch.setattr(lora_targets, "lora_key_map", counted("key map", lora_targets.lora_key_map))
+    monkeypatch.setattr(lora_targets, "flux_diffusers_map", counted("key map", lora_targets.flux_diffusers_map))
     return counts
 
 

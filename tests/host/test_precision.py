@@ -19,12 +19,12 @@ require_host()
 
 import tiny_models  # noqa: E402
 from conftest import FAMILIES  # noqa: E402
-from host_checks import RES  # noqa: E402
+from host_checks import RES, stage2_run  # noqa: E402
 from comfyui_conceptprism.prism_core.stage2 import step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.stage1 import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
-from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
-from comfyui_conceptprism.prism_core.host.family import stage2_targets  # noqa: E402
+from comfyui_conceptprism.prism_core.host import lora_layers, lora_targets, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals import training_guard  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import ComfyStage2Backend  # noqa: E402
@@ -89,7 +89,7 @@ def test_stage1_float32_compute_on_reduced_precision_weights_equals_the_float32_
 
 
 def _stage2_first_step(models, training_dtype="float32"):
-    layers = lora_layers.attention_projections(models.model)
+    layers = lora_targets.attention_projections(models.model)
     adapters = lora_layers.new_adapters(stage2_targets(models.model), layers, 4, 4.0, seed=5)
     with torch.no_grad():  # a non-zero update, so the gradient reaches both factors
         for adapter in adapters.values():
@@ -104,7 +104,7 @@ def _stage2_first_step(models, training_dtype="float32"):
                 c["y"] = torch.randn(1, 2816, generator=g)
         latents = encode_latents(models.model, models.vae, _images())
         steps = [MicroStep(1, (), (500,), 77), MicroStep(2, (), (100,), 78)]
-        with ComfyStage2Backend(models.model, adapters, max_batch=2, training_dtype=training_dtype) as backend:
+        with ComfyStage2Backend(models.model, adapters, *stage2_run(models.model), max_batch=2, training_dtype=training_dtype) as backend:
             params = lora_layers.adapter_parameters(adapters)
             losses = step_losses(backend, latents, conds, steps, params)
     return losses, [p.grad.clone() for p in params]
@@ -143,7 +143,7 @@ def test_small_lora_update_on_reduced_precision_weights_applies_at_float32(store
     the layer's output changes by s * up (down x) to 1e-2 relative (rounding it against W in the stored
     dtype would lose it: float16's spacing near |W| entries is ~1e-3 of them)."""
     reduced, _ = stored_and_twin("sd15", stored)
-    name = lora_layers.attention_projections(reduced.model)[0]
+    name = lora_targets.attention_projections(reduced.model)[0]
     weight = reduced.model.model.get_submodule(name).weight
     adapter = lora_layers.new_adapters(stage2_targets(reduced.model), [name], 4, 4.0, seed=1)[name]
     g = torch.Generator().manual_seed(2)

@@ -169,7 +169,7 @@ def test_training_after_a_lora_patched_clone_was_loaded(family, tiny):
     loads another clone, which puts the originals (inference tensors) back: training must still work and
     learn exactly what it learns on a fresh model."""
     from comfyui_conceptprism.prism_core.host import lora_layers
-    from comfyui_conceptprism.prism_core.host.family import stage2_targets
+    from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets
     from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora
     from comfyui_conceptprism.prism_core.lora_file import LoraWeights
     models = tiny(family)

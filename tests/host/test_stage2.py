@@ -20,7 +20,7 @@ import nodes as host_nodes  # noqa: E402
 
 from conftest import FAMILIES  # noqa: E402
 from graph_helpers import CAPTURED, register_test_nodes, run_graph, stage1_graph, write_images  # noqa: E402
-from host_checks import RES, host_outputs, module_state, oracle_cond, oracle_eps, oracle_native  # noqa: E402
+from host_checks import RES, host_outputs, module_state, oracle_cond, oracle_eps, oracle_native, stage2_run  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.nodes.loss_graph import PrismLossGraph  # noqa: E402
@@ -30,8 +30,9 @@ from comfyui_conceptprism.prism_core.lora_file import LoraWeights, read_lora, ta
 from comfyui_conceptprism.prism_core.stage2 import step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
-from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
-from comfyui_conceptprism.prism_core.host.family import describe, stage2_targets  # noqa: E402
+from comfyui_conceptprism.prism_core.host import lora_layers, lora_targets, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.family import describe  # noqa: E402
+from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import (  # noqa: E402
     ComfyStage2Backend, train_concept_lora, training_conditionings)
@@ -65,7 +66,7 @@ def _node_args(**overrides):
 
 def _randomised_adapters(models, seed=1, scale=0.05, alpha=4.0):
     """Host LoRA adapters (rank 4) with a non-zero update (fresh ones start at zero, which would hide mistakes)."""
-    layers = lora_layers.attention_projections(models.model)
+    layers = lora_targets.attention_projections(models.model)
     adapters = lora_layers.new_adapters(stage2_targets(models.model), layers, rank=4, alpha=alpha, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -89,7 +90,7 @@ def test_loss_layers_and_training_prompts_equal_host_oracle(family, tiny, embedd
     with torch.inference_mode(False):
         conds = training_conditionings(models.model, models.clip, tokens, RES)
         latents = encode_latents(models.model, models.vae, concept.images.clone())
-        with ComfyStage2Backend(models.model, adapters, max_batch=2) as backend:
+        with ComfyStage2Backend(models.model, adapters, *stage2_run(models.model), max_batch=2) as backend:
             params = lora_layers.adapter_parameters(adapters)
             losses = step_losses(backend, latents, conds, steps, params)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
@@ -118,7 +119,7 @@ def test_loss_layers_and_training_prompts_equal_host_oracle(family, tiny, embedd
             assert losses[k] == pytest.approx(float(expected), rel=1e-4, abs=1e-6), (family, k)
 
     # The same adapters written as a LoRA file's tensors and patched in by the host give the same model.
-    names = lora_layers.kohya_names(models.model, describe(models.model).stage2(), list(adapters))
+    names = lora_targets.kohya_names(models.model, describe(models.model).stage2(), list(adapters))
     from_file = apply_lora(models.model, LoraWeights(lora_layers.adapter_tensors(adapters, names), {}))
     comfy.model_management.load_models_gpu([from_file])
     with torch.no_grad():
@@ -196,7 +197,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny):
         with torch.inference_mode(False):
             conds = training_conditionings(models.model, models.clip, tokens, RES)
             latents = encode_latents(models.model, models.vae, concept.images.clone())
-            with ComfyStage2Backend(models.model, adapters, max_batch=2, checkpointing=checkpointing) as backend:
+            with ComfyStage2Backend(models.model, adapters, *stage2_run(models.model), max_batch=2, checkpointing=checkpointing) as backend:
                 params = lora_layers.adapter_parameters(adapters)
                 losses = step_losses(backend, latents, conds, steps, params)
         results.append((losses, [p.grad.clone() for p in params]))
@@ -261,7 +262,7 @@ def test_interrupted_training_writes_nothing_and_leaves_the_model_as_it_was(tiny
     try:
         with torch.inference_mode(), pytest.raises(comfy.model_management.InterruptProcessingException):
             train_concept_lora(models.model, models.clip, models.vae, concept, tokens, LoraConfig(steps=5, gradient_accumulation=2),
-                               on_step=cancel)
+                               family=describe(models.model, stage2=True), on_step=cancel)
     finally:
         comfy.model_management.interrupt_current_processing(False)
     assert seen == [1]
@@ -274,9 +275,10 @@ def test_errors_name_the_input_and_the_fix(tiny, lora_dir):
     sd15, xl = tiny("sd15"), tiny("sdxl")
     concept = _concept()
     with pytest.raises(ValueError, match=r"SD1\.x.*SDXL"):
-        train_concept_lora(xl.model, xl.clip, xl.vae, concept, _tokens(sd15), LoraConfig(steps=1))
+        train_concept_lora(xl.model, xl.clip, xl.vae, concept, _tokens(sd15), LoraConfig(steps=1), family=describe(xl.model, stage2=True))
     with pytest.raises(ValueError, match="learned on 2 images but the concept set has 3"):
-        train_concept_lora(sd15.model, sd15.clip, sd15.vae, concept, _tokens(sd15, n=2), LoraConfig(steps=1))
+        train_concept_lora(sd15.model, sd15.clip, sd15.vae, concept, _tokens(sd15, n=2), LoraConfig(steps=1),
+                           family=describe(sd15.model, stage2=True))
     (lora_dir / "sub").mkdir()
     safetensors.torch.save_file({"x.lora_up.weight": torch.zeros(2, 2)}, lora_dir / "sub" / "other.safetensors")
     with pytest.raises(ValueError, match="'sub/other.safetensors' is not a ConceptPrism LoRA"):
