@@ -224,7 +224,8 @@ def restricted_to(keys: set[str]) -> Any:
 def run_pack(spec: Spec, settings: Settings, bench_models: models.BenchModels, data: Data, steps: int) -> list[float]:
     from ..prism_core.config import LoraConfig
     from ..prism_core.stage2 import train_lora
-    from ..prism_core.host import lora_layers, lora_targets
+    from ..prism_core.host import lora_layers
+    from ..prism_core.host.internals.lora_adapters import trainable_parameters
     from ..prism_core.host.family import describe
     from ..prism_core.host.lora_targets import stage2_targets
     from ..prism_core.host.stage2_backend import ComfyStage2Backend
@@ -232,10 +233,12 @@ def run_pack(spec: Spec, settings: Settings, bench_models: models.BenchModels, d
                         gradient_accumulation=settings.accumulation, seed=settings.seed)
     model = bench_models.model
     with torch.inference_mode(False):
-        layers = lora_targets.attention_projections(model)
-        adapters = lora_layers.new_adapters(stage2_targets(model), layers, config.rank, config.alpha, config.seed)
-        with ComfyStage2Backend(model, adapters, describe(model), stage2_targets(model), spec.max_batch, "float32", spec.checkpointing) as backend:
-            return train_lora(backend, data.latents, data.conds, lora_layers.adapter_parameters(adapters), config)
+        family = describe(model, stage2=True)
+        targets = stage2_targets(model)
+        adapters = lora_layers.trainable_adapters(targets, config.rank, config.alpha, config.seed)
+        with ComfyStage2Backend(model, adapters, family, targets, max_batch=spec.max_batch,
+                                training_dtype="float32", checkpointing=spec.checkpointing) as backend:
+            return train_lora(backend, data.latents, data.conds, trainable_parameters(adapters), config)
 
 
 def run_host(spec: Spec, settings: Settings, bench_models: models.BenchModels, data: Data, steps: int) -> list[float]:

@@ -91,7 +91,7 @@ class PrismLoRATrain:
               preview_prompts="a photo of [V]", preview_steps=12, preview_sampler="euler", preview_scheduler="normal",
               preview_cfg=7.0, preview_seed=0, preset="auto", guidance=3.5, unique_id=None):
         require(NODE, *training_uses(2, gradient_checkpointing))
-        family = describe(model, stage2=True)  # the one decision of this run's model family (its CLIP: the stage checks it)
+        family = describe(model, clip, stage2=True)  # the one decision of this run's model family
         flux = family.flux
         if flux:
             require(NODE, *flux_uses(2))
@@ -120,8 +120,8 @@ class PrismLoRATrain:
         def save_checkpoint(weights: LoraWeights) -> None:
             save_lora(weights, first_folder("loras"), f"{checkpoint_prefix}_step{weights.steps:04d}")
 
-        run = train_concept_lora(model, clip, vae, concept_set, tokens, config, options, resume,
+        run = train_concept_lora(model, clip, vae, concept_set, tokens, config, family, options, resume,
                                  on_step=step_reporter(config.steps, unique_id, label, ("loss",)),
                                  on_checkpoint=save_checkpoint if checkpoint_every else None, previews=previews,
-                                 node_id=unique_id, family=family)
+                                 node_id=unique_id)
         return (apply_lora(model, run.weights), run.weights, {"loss": run.weights.loss}, previews.output())

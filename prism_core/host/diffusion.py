@@ -9,7 +9,10 @@ import torch
 import comfy.model_management
 
 from ..losses import native_coefficients, native_from_denoised
+from ..prompts import reconstruction_prompt
+from ..token_bank import PrismTokens
 from ..schedule import flow_sigmas
+from . import text
 from .internals.model_facts import condition_tensors, device_computes, supported_dtypes
 
 Cond = dict[str, torch.Tensor]
@@ -149,3 +152,20 @@ def encode_latents(model: Any, vae: Any, images: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"The VAE makes {latents.shape[1]}-channel latents, but this MODEL takes {wanted}-channel ones: "
                              "connect the VAE of this model (FLUX.1: ae.safetensors with Load VAE; SD: the checkpoint's VAE).")
         return model.model.process_latent_in(latents).float()
+
+
+@torch.no_grad()
+def training_conditionings(model: Any, clip: Any, tokens: PrismTokens, resolution: int,
+                           guidance: float | None = None) -> list[Cond]:
+    """conds[i]: model inputs for image i's fixed prompt "<t_target> with <t_res(i)>", encoded once
+    per run through the host's own encode_from_tokens (CLIPSetLastLayer honoured); guidance: FLUX.1's
+    guidance input (None: the host's default). Call inside ``torch.inference_mode(False)``: the copies
+    returned are ordinary tensors autograd may save."""
+    has_residual = tokens.residual_length > 0
+    conds = []
+    for i in range(len(tokens.image_names)):
+        filled = text.bank_tokens(clip, tokens, "", reconstruction_prompt(i, has_residual).parts)
+        cond, pooled = clip.encode_from_tokens(filled, return_pooled=True)
+        inputs = model_inputs(model, cond, pooled, resolution, torch.device("cpu"), guidance)
+        conds.append({k: v.detach().cpu().clone() for k, v in inputs.items()})
+    return conds

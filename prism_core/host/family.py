@@ -65,12 +65,6 @@ class ModelFamily:
         """The guidance value the model's inputs carry: FLUX.1's (schnell ignores it), None for SD."""
         return guidance if self.flux else None
 
-    def stage2(self) -> BaseFamily:
-        """The LoRA family, or ValueError naming the families Stage 2 supports."""
-        if self.lora is None:
-            raise ValueError(self.lora_refusal)
-        return self.lora
-
 
 def sampling_target(sampling: Any) -> str:
     """The native training target the class of the (possibly patched) model_sampling names: "eps" for EPS models,

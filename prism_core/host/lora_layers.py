@@ -76,42 +76,39 @@ def weight_wrappers(targets: dict[str, LoraTarget], adapters: dict[str, LoraDiff
     return {**whole, **{key: RowSliceLoras(slices) for key, slices in sliced.items()}}
 
 
-def new_adapters(targets: dict[str, LoraTarget], layer_names: list[str], rank: int, alpha: float, seed: int
-                 ) -> dict[str, LoraDiff]:
-    """Fresh host LoRA adapters (update 0: down starts at zero), float32 on CPU, seeded independently
-    of the global RNG and of the model's device; keyed by target key (`layer_names`, keys of `targets`)."""
+def trainable_adapters(targets: dict[str, LoraTarget], rank: int, alpha: float, seed: int,
+                       saved: dict[str, torch.Tensor] | None = None) -> dict[str, LoraDiff]:
+    """{target key: trainable host LoRA adapter} for `targets`, float32 on the CPU.
+
+    Without `saved`: fresh adapters (update 0: down starts at zero) of `rank` and `alpha`, seeded by `seed`
+    independently of the global RNG and of the model's device. With `saved` (a LoRA file's tensors): adapters
+    continuing it under each target's file name, with the file's rank and alpha; raises ValueError, naming the
+    fix, unless every target is in the file and every file tensor is used."""
     adapters = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for name in layer_names:
-            adapters[name] = new_adapter(targets[name].shape, rank, float(alpha))
-    return adapters
-
-
-def adapters_from_file(layer_to_kohya: dict[str, str], tensors: dict[str, torch.Tensor]) -> dict[str, LoraDiff]:
-    """Trainable adapters continuing a saved LoRA; every layer must be in the file and every file layer used."""
-    adapters, used = {}, set()
-    for layer, kohya in layer_to_kohya.items():
-        if f"{kohya}.lora_up.weight" not in tensors:
+    if saved is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for key, target in targets.items():
+                adapters[key] = new_adapter(target.shape, rank, float(alpha))
+        return adapters
+    used: set[str] = set()
+    for key, target in targets.items():
+        kohya = target.file_name
+        if f"{kohya}.lora_up.weight" not in saved:
             raise ValueError(f"The LoRA to resume has no weights for {kohya}; it was trained on another model family or layer set. "
                              "Pick a LoRA trained by Prism LoRA Train on this model family, or set resume_from to none.")
-        alpha = float(tensors[f"{kohya}.alpha"]) if f"{kohya}.alpha" in tensors else float(tensors[f"{kohya}.lora_down.weight"].shape[0])
-        adapters[layer] = adapter_from_file(kohya, tensors, alpha, used)
+        saved_alpha = float(saved[f"{kohya}.alpha"]) if f"{kohya}.alpha" in saved else float(saved[f"{kohya}.lora_down.weight"].shape[0])
+        adapters[key] = adapter_from_file(kohya, saved, saved_alpha, used)
         used.add(f"{kohya}.alpha")
-    unused = sorted(set(tensors) - used)
+    unused = sorted(set(saved) - used)
     if unused:
         raise ValueError(f"The LoRA to resume has {len(unused)} tensors this model has no layer for (e.g. {unused[0]}). "
                          "Pick a LoRA trained by Prism LoRA Train on this model family, or set resume_from to none.")
     return adapters
 
 
-def adapter_parameters(adapters: dict[str, LoraDiff]) -> list[torch.nn.Parameter]:
-    """The trainable up/down matrices (alpha is a frozen parameter of LoraDiff)."""
-    return [p for adapter in adapters.values() for p in (adapter.lora_up.weight, adapter.lora_down.weight)]
-
-
 def adapter_tensors(adapters: dict[str, LoraDiff], names: dict[str, str]) -> dict[str, torch.Tensor]:
-    """The adapters' current weights as kohya tensors ({layer name: kohya name} from `kohya_names`)."""
+    """The adapters' current weights as kohya tensors (`names`: {target key: file name}, LoraTarget.file_name)."""
     tensors: dict[str, torch.Tensor] = {}
     for layer, adapter in adapters.items():
         tensors.update(layer_tensors(names[layer], adapter.lora_up.weight, adapter.lora_down.weight, float(adapter.alpha)))

@@ -109,4 +109,4 @@ def stage2_targets(model: Any) -> dict[str, LoraTarget]:
     """{target key: LoraTarget} of the layers Stage 2 adapts on `model`, for callers outside a run (tests,
     benchmarks); a run decides its family once and reads the key map once (lora_targets)."""
     from .family import describe
-    return lora_targets(model, describe(model).stage2())
+    return lora_targets(model, describe(model, stage2=True).lora)

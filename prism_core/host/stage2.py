@@ -13,11 +13,10 @@ from ..config import LoraConfig
 from ..input_checks import check_training_inputs
 from ..lora_file import LoraWeights, lora_metadata
 from ..stage2 import train_lora
-from ..batching import Cond
-from ..prompts import reconstruction_prompt
 from ..token_bank import PrismTokens
 from . import lora_layers, text
-from .diffusion import compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs
+from .internals.lora_adapters import trainable_parameters
+from .diffusion import compute_dtype as resolve_dtype, dtype_name, encode_latents, training_conditionings
 from .family import ModelFamily
 from .lora_targets import FLUX_LAYERS, lora_targets
 from .stage2_backend import ComfyStage2Backend
@@ -41,23 +40,6 @@ def check_tokens_match(clip: Any, tokens: PrismTokens, concept: ConceptSet) -> N
                     "residual token i is used with image i.", list(concept.names), list(tokens.image_names))
 
 
-@torch.no_grad()
-def training_conditionings(model: Any, clip: Any, tokens: PrismTokens, resolution: int,
-                           guidance: float | None = None) -> list[Cond]:
-    """conds[i]: model inputs for image i's fixed prompt "<t_target> with <t_res(i)>", encoded once
-    per run through the host's own encode_from_tokens (CLIPSetLastLayer honoured); guidance: FLUX.1's
-    guidance input (None: the host's default). Call inside ``torch.inference_mode(False)``: the copies
-    returned are ordinary tensors autograd may save."""
-    has_residual = tokens.residual_length > 0
-    conds = []
-    for i in range(len(tokens.image_names)):
-        filled = text.bank_tokens(clip, tokens, "", reconstruction_prompt(i, has_residual).parts)
-        cond, pooled = clip.encode_from_tokens(filled, return_pooled=True)
-        inputs = model_inputs(model, cond, pooled, resolution, torch.device("cpu"), guidance)
-        conds.append({k: v.detach().cpu().clone() for k, v in inputs.items()})
-    return conds
-
-
 @dataclass(frozen=True)
 class LoraRun:
     """What one Stage 2 run returns: the weights (with header metadata) and the per-step loss of this run."""
@@ -68,15 +50,15 @@ class LoraRun:
 
 def train_concept_lora(
     model: Any, clip: Any, vae: Any, concept: ConceptSet, tokens: PrismTokens, config: LoraConfig,
-    options: RunOptions = RunOptions(), resume: LoraWeights | None = None, *, family: ModelFamily,
+    family: ModelFamily, options: RunOptions = RunOptions(), resume: LoraWeights | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     on_checkpoint: Callable[[LoraWeights], None] | None = None,
     previews: TrainingPreviews | None = None,
     node_id: str | None = None,
 ) -> LoraRun:
     """Paper Algorithm 2 on a MODEL/CLIP/VAE. The incoming objects are left as they were; the LoRA
-    lives on a training clone only. `family`: the run's, decided once by ``family.describe(model, stage2=True)``
-    (which refuses a model Stage 2 has no LoRA layout for); a CLIP of another family is refused here.
+    lives on a training clone only. `family`: the run's, decided once by ``family.describe(model, clip,
+    stage2=True)``, which refuses a model Stage 2 has no LoRA layout for and a CLIP of another family.
     `resume` continues a saved LoRA and its step count, if it was trained
     on these tokens and images (see resume_point). `previews`, if given, renders the incoming MODEL with the
     current adapters patched in as LoraLoader patches that step's file, every N steps (prism_core.host.previews).
@@ -84,15 +66,16 @@ def train_concept_lora(
     when more than a few, warned about in the console and on node `node_id`; a run with every update skipped
     raises loss_scaling.NothingTrainedError. Guidance is recorded and compared only when the model reads it
     (model_facts.reads_guidance: FLUX.1-dev, not schnell)."""
-    lora_family = family.stage2()
-    flux, guided = family.flux, family.reads_guidance
-    text.check_text_encoders(flux, text.encoder_widths(clip))
+    lora_family, flux, guided = family.lora, family.flux, family.reads_guidance
+    if lora_family is None:
+        raise ValueError(family.lora_refusal)
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
     learned_guidance = tokens.settings.get("guidance")
     if guided and learned_guidance is not None and learned_guidance != options.guidance:
         log.warning("ConceptPrism Prism LoRA Train: these tokens were learned with guidance %s, this run uses %s. Use the "
                     "same guidance as Stage 1 (and when sampling) unless you mean to change it.", learned_guidance, options.guidance)
+    targets = lora_targets(model, lora_family)  # the host's key map, read once per run
     training_dtype = dtype_name(resolve_dtype(options.training_dtype, model))
     start = resume_point(resume, lora_family, tokens, concept, config, training_dtype,
                          {"guidance": options.guidance} if guided else None)
@@ -101,12 +84,10 @@ def train_concept_lora(
         conds = training_conditionings(model, clip, tokens, concept.resolution, family.guidance_input(options.guidance))
         latents = encode_latents(model, vae, concept.images.clone())
         check_training_inputs(concept.images, latents, concept.names, concept.source)
-        targets = lora_targets(model, lora_family)  # the host's key map, read once per run
+        adapters = lora_layers.trainable_adapters(targets, config.rank, config.alpha, config.seed,
+                                                  dict(resume) if resume is not None else None)
+        parameters = trainable_parameters(adapters)
         names = {key: target.file_name for key, target in targets.items()}
-        if resume is not None:
-            adapters = lora_layers.adapters_from_file(names, dict(resume))
-        else:
-            adapters = lora_layers.new_adapters(targets, list(targets), config.rank, config.alpha, config.seed)
         rank = next(iter(adapters.values())).rank
         alpha = float(next(iter(adapters.values())).alpha)
         if resume is not None and (rank, alpha) != (config.rank, config.alpha):
@@ -120,9 +101,9 @@ def train_concept_lora(
 
         def snapshot(steps_done: int, loss: list[float]) -> LoraWeights:
             ran = {**settings, "skipped_steps": len(skipped)}
-            return LoraWeights(lora_layers.adapter_tensors(adapters, names),
-                               lora_metadata(lora_family, rank, alpha, steps_done, ran, tokens, earlier_loss + loss,
-                                             start.images, start.runs_until(ran, steps_done)))
+            tensors = lora_layers.adapter_tensors(adapters, names)
+            return LoraWeights(tensors, lora_metadata(lora_family, rank, alpha, steps_done, ran, tokens, earlier_loss + loss,
+                                                      start.images, start.runs_until(ran, steps_done)))
 
         loss: list[float] = []
 
@@ -132,15 +113,16 @@ def train_concept_lora(
                 on_step(step, last, value)
 
         checkpoint = (lambda step: on_checkpoint(snapshot(step, loss))) if on_checkpoint is not None else None
-        with ComfyStage2Backend(model, adapters, family, targets, options.max_batch, options.training_dtype,
-                                options.gradient_checkpointing) as backend:
+        with ComfyStage2Backend(model, adapters, family, targets, max_batch=options.max_batch,
+                                training_dtype=options.training_dtype,
+                                checkpointing=options.gradient_checkpointing) as backend:
             preview = None
             if previews is not None and previews.settings.every > 0:
                 def preview(step: int) -> None:
                     if previews.due(step):
                         previews.render_step(step, lambda: apply_lora(model, snapshot(step, loss)), lambda: tokens,
                                              reload=[backend.train_model])
-            train_lora(backend, latents, conds, lora_layers.adapter_parameters(adapters), config,
+            train_lora(backend, latents, conds, parameters, config,
                        start_step, record, checkpoint, preview, skipped.append)
         report_skipped_steps("Stage 2", skipped, config.steps, "LoRA", node_id)
         return LoraRun(snapshot(start_step + config.steps, loss), loss)

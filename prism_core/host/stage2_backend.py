@@ -22,7 +22,7 @@ class ComfyStage2Backend(PredictingBackend):
     """
 
     def __init__(self, model: Any, adapters: dict[str, torch.nn.Module], family: ModelFamily,
-                 targets: dict[str, LoraTarget], max_batch: int = 4, training_dtype: str = "float32",
+                 targets: dict[str, LoraTarget], *, max_batch: int = 4, training_dtype: str = "float32",
                  checkpointing: bool = False) -> None:
         self.model, self.adapters, self.family, self.targets = model, adapters, family, targets
         self.max_batch, self.training_dtype, self.checkpointing = max_batch, training_dtype, checkpointing

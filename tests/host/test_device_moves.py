@@ -25,6 +25,7 @@ import comfy.model_management  # noqa: E402
 import tiny_models  # noqa: E402
 from host_checks import stage2_run  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters  # noqa: E402
 from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import ComfyStage2Backend  # noqa: E402
@@ -104,19 +105,19 @@ def test_stage1_weight_copies_follow_the_hosts_load(family, stand_in_device):
 def test_stage2_lora_adapters_follow_the_hosts_load(family, stand_in_device):
     models = _on_stand_in(family)
     model = models.model
-    adapters = lora_layers.new_adapters(stage2_targets(model), list(stage2_targets(model)), rank=2, alpha=2.0, seed=0)
-    assert {p.device.type for p in lora_layers.adapter_parameters(adapters)} == {"cpu"}
+    adapters = lora_layers.trainable_adapters(stage2_targets(model), rank=2, alpha=2.0, seed=0)
+    assert {p.device.type for p in trainable_parameters(adapters)} == {"cpu"}
     with torch.inference_mode(False):
         with ComfyStage2Backend(model, adapters, *stage2_run(model), training_dtype="float32") as backend:
             counts = _check_on_stand_in(backend.train_model.model)
             # What the training loop hands the optimizer, read after the load as train_concept_lora reads it.
             # (Not the Parameter objects from before: Module.to keeps them between CPU and CUDA, but a move to
             # meta has to make new ones, torch._has_compatible_shallow_copy_type being False there.)
-            assert {p.device for p in lora_layers.adapter_parameters(adapters)} == {STAND_IN}
+            assert {p.device for p in trainable_parameters(adapters)} == {STAND_IN}
             # ... and stay trainable: the host loads in inference mode, where a move gives inference tensors
-            assert not any(p.is_inference() for p in lora_layers.adapter_parameters(adapters))
+            assert not any(p.is_inference() for p in trainable_parameters(adapters))
             # ... and stay trainable: moved in the executor's inference mode they would hold inference tensors
-            assert not any(p.is_inference() for p in lora_layers.adapter_parameters(adapters))
+            assert not any(p.is_inference() for p in trainable_parameters(adapters))
     wrapped = counts.get("RowSliceLoras", 0) if family == "flux" else counts.get("WholeWeightLora", 0)
     expected_sliced = {"flux": 3}.get(family, 0)  # double block img/txt qkv, single block linear1
     assert wrapped == (expected_sliced if family == "flux" else len(adapters)), counts
@@ -133,7 +134,7 @@ def test_auto_precision_of_both_backends_on_a_stand_in_gpu(family, want, stand_i
     widths = text.encoder_widths(models.clip)
     lengths = text.slot_lengths_for({k: torch.empty(1, w) for k, w in widths.items()},
                                     {k: torch.empty(2, 1, w) for k, w in widths.items()})
-    adapters = lora_layers.new_adapters(stage2_targets(models.model), list(stage2_targets(models.model)), rank=2, alpha=2.0, seed=0)
+    adapters = lora_layers.trainable_adapters(stage2_targets(models.model), rank=2, alpha=2.0, seed=0)
     with torch.inference_mode(False):
         with ComfyStage1Backend(models.model, models.clip, lengths, 32, training_dtype="auto") as stage1:
             assert (stage1.compute_dtype, stage1.loss_scaling) == (want, want == "float16")

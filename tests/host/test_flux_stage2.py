@@ -29,6 +29,7 @@ from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.family import describe  # noqa: E402
+from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters  # noqa: E402
 from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import (  # noqa: E402
@@ -58,7 +59,7 @@ def _tokens(models, n=3, residual_length=1, seed=7):
 
 
 def _randomised_adapters(model, seed=1, scale=0.05, alpha=2.0):
-    adapters = lora_layers.new_adapters(stage2_targets(model), list(stage2_targets(model)), rank=4, alpha=alpha, seed=seed)
+    adapters = lora_layers.trainable_adapters(stage2_targets(model), rank=4, alpha=alpha, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for adapter in adapters.values():
@@ -75,7 +76,7 @@ def _step_losses(model, models, adapters, tokens, concept, checkpointing=False):
         conds = training_conditionings(model, models.clip, tokens, RES, 3.5)
         latents = encode_latents(model, models.vae, concept.images.clone())
         with ComfyStage2Backend(model, adapters, *stage2_run(model), max_batch=2, checkpointing=checkpointing) as backend:
-            params = lora_layers.adapter_parameters(adapters)
+            params = trainable_parameters(adapters)
             losses = step_losses(backend, latents, conds, STEPS, params)
     return losses, params
 
@@ -186,7 +187,7 @@ def test_auto_preset_runs_the_reference_flux_values(tiny, monkeypatch):
     class Started(Exception):
         pass
 
-    def capture(model, clip, vae, concept, tokens, config, options, *args, **kwargs):
+    def capture(model, clip, vae, concept, tokens, config, family, options, *args, **kwargs):
         seen.append((config, options))
         raise Started
     monkeypatch.setattr(node_module, "train_concept_lora", capture)

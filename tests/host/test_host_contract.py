@@ -418,6 +418,10 @@ def test_lora_adapters(tiny):
         assert {"lora_unet_x.lora_up.weight", "lora_unet_x.lora_down.weight"} <= used
         assert loaded.lora_up.weight.requires_grad and loaded.lora_up.weight.dtype == torch.float32
         torch.testing.assert_close(loaded(w), adapter(w), rtol=0, atol=0)
+        # The trainable matrices are the adapter's up and down weights, and nothing else it holds trains.
+        parameters = lora_adapters.trainable_parameters({"x": loaded})
+        assert [p.data_ptr() for p in parameters] == [loaded.lora_up.weight.data_ptr(), loaded.lora_down.weight.data_ptr()]
+        assert {id(p) for p in loaded.parameters() if p.requires_grad} == {id(p) for p in parameters}
 
 
 def test_lora_keys(tiny):

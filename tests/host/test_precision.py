@@ -24,6 +24,7 @@ from comfyui_conceptprism.prism_core.stage2 import step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.stage1 import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, lora_targets, text  # noqa: E402
+from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters  # noqa: E402
 from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals import training_guard  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
@@ -89,8 +90,7 @@ def test_stage1_float32_compute_on_reduced_precision_weights_equals_the_float32_
 
 
 def _stage2_first_step(models, training_dtype="float32"):
-    layers = lora_targets.attention_projections(models.model)
-    adapters = lora_layers.new_adapters(stage2_targets(models.model), layers, 4, 4.0, seed=5)
+    adapters = lora_layers.trainable_adapters(stage2_targets(models.model), 4, 4.0, seed=5)
     with torch.no_grad():  # a non-zero update, so the gradient reaches both factors
         for adapter in adapters.values():
             adapter.lora_down.weight.normal_(0, 0.01, generator=torch.Generator().manual_seed(6))
@@ -105,7 +105,7 @@ def _stage2_first_step(models, training_dtype="float32"):
         latents = encode_latents(models.model, models.vae, _images())
         steps = [MicroStep(1, (), (500,), 77), MicroStep(2, (), (100,), 78)]
         with ComfyStage2Backend(models.model, adapters, *stage2_run(models.model), max_batch=2, training_dtype=training_dtype) as backend:
-            params = lora_layers.adapter_parameters(adapters)
+            params = trainable_parameters(adapters)
             losses = step_losses(backend, latents, conds, steps, params)
     return losses, [p.grad.clone() for p in params]
 
@@ -145,7 +145,7 @@ def test_small_lora_update_on_reduced_precision_weights_applies_at_float32(store
     reduced, _ = stored_and_twin("sd15", stored)
     name = lora_targets.attention_projections(reduced.model)[0]
     weight = reduced.model.model.get_submodule(name).weight
-    adapter = lora_layers.new_adapters(stage2_targets(reduced.model), [name], 4, 4.0, seed=1)[name]
+    adapter = lora_layers.trainable_adapters({name: stage2_targets(reduced.model)[name]}, 4, 4.0, seed=1)[name]
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g))

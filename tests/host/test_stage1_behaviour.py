@@ -177,7 +177,7 @@ def test_training_after_a_lora_patched_clone_was_loaded(family, tiny):
     with torch.inference_mode():
         fresh = learn_tokens(models.model, models.clip, models.vae, _concept(), config)
     keys = list(stage2_targets(models.model))
-    adapters = lora_layers.new_adapters(stage2_targets(models.model), keys, 4, 4.0, seed=1)
+    adapters = lora_layers.trainable_adapters(stage2_targets(models.model), 4, 4.0, seed=1)
     with torch.no_grad():
         for adapter in adapters.values():
             adapter.lora_down.weight.normal_(0, 0.05)

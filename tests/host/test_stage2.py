@@ -32,6 +32,7 @@ from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, lora_targets, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.family import describe  # noqa: E402
+from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters  # noqa: E402
 from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import (  # noqa: E402
@@ -66,8 +67,7 @@ def _node_args(**overrides):
 
 def _randomised_adapters(models, seed=1, scale=0.05, alpha=4.0):
     """Host LoRA adapters (rank 4) with a non-zero update (fresh ones start at zero, which would hide mistakes)."""
-    layers = lora_targets.attention_projections(models.model)
-    adapters = lora_layers.new_adapters(stage2_targets(models.model), layers, rank=4, alpha=alpha, seed=seed)
+    adapters = lora_layers.trainable_adapters(stage2_targets(models.model), rank=4, alpha=alpha, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for adapter in adapters.values():
@@ -91,7 +91,7 @@ def test_loss_layers_and_training_prompts_equal_host_oracle(family, tiny, embedd
         conds = training_conditionings(models.model, models.clip, tokens, RES)
         latents = encode_latents(models.model, models.vae, concept.images.clone())
         with ComfyStage2Backend(models.model, adapters, *stage2_run(models.model), max_batch=2) as backend:
-            params = lora_layers.adapter_parameters(adapters)
+            params = trainable_parameters(adapters)
             losses = step_losses(backend, latents, conds, steps, params)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
     assert any(p.grad.abs().sum() > 0 for p in params)
@@ -119,7 +119,7 @@ def test_loss_layers_and_training_prompts_equal_host_oracle(family, tiny, embedd
             assert losses[k] == pytest.approx(float(expected), rel=1e-4, abs=1e-6), (family, k)
 
     # The same adapters written as a LoRA file's tensors and patched in by the host give the same model.
-    names = lora_targets.kohya_names(models.model, describe(models.model).stage2(), list(adapters))
+    names = lora_targets.kohya_names(models.model, describe(models.model, stage2=True).lora, list(adapters))
     from_file = apply_lora(models.model, LoraWeights(lora_layers.adapter_tensors(adapters, names), {}))
     comfy.model_management.load_models_gpu([from_file])
     with torch.no_grad():
@@ -198,7 +198,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny):
             conds = training_conditionings(models.model, models.clip, tokens, RES)
             latents = encode_latents(models.model, models.vae, concept.images.clone())
             with ComfyStage2Backend(models.model, adapters, *stage2_run(models.model), max_batch=2, checkpointing=checkpointing) as backend:
-                params = lora_layers.adapter_parameters(adapters)
+                params = trainable_parameters(adapters)
                 losses = step_losses(backend, latents, conds, steps, params)
         results.append((losses, [p.grad.clone() for p in params]))
     (loss_a, grads_a), (loss_b, grads_b) = results

@@ -18,7 +18,7 @@ import comfy.utils
 if TYPE_CHECKING:  # imported where used, so a host without them still loads the pack (contract.require refuses)
     from comfy.weight_adapter.lora import LoraDiff
 
-__all__ = ["adapter_from_file", "flux_diffusers_map", "lora_key_map", "move_trainable", "new_adapter"]
+__all__ = ["adapter_from_file", "flux_diffusers_map", "lora_key_map", "move_trainable", "new_adapter", "trainable_parameters"]
 
 
 def new_adapter(shape: tuple[int, int], rank: int, alpha: float) -> LoraDiff:
@@ -34,6 +34,12 @@ def adapter_from_file(kohya: str, tensors: dict[str, torch.Tensor], alpha: float
     loader adds the keys it read to `used`."""
     from comfy.weight_adapter import LoRAAdapter
     return LoRAAdapter.load(kohya, tensors, alpha, None, used).to_train().float()
+
+
+def trainable_parameters(adapters: dict[str, LoraDiff]) -> list[torch.nn.Parameter]:
+    """The trainable up/down matrices of the host's adapters, up then down per adapter (``LoraDiff`` holds them
+    as ``lora_up`` / ``lora_down`` Linear weights; its alpha is a frozen parameter)."""
+    return [p for adapter in adapters.values() for p in (adapter.lora_up.weight, adapter.lora_down.weight)]
 
 
 def lora_key_map(model: Any) -> dict[str, str]:
