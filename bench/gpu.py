@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _concept(n: int, resolution: int):
-    from ..prism_core.concept_set import ConceptSet
+    from ..prism_core.concept_input.concept_set import ConceptSet
     images = torch.rand(n, resolution, resolution, 3, generator=torch.Generator().manual_seed(0))
     captions = ("a red mug on a wooden desk next to a laptop", "a red mug on a kitchen shelf with plates",
                 "a red mug held in a hand outdoors", "a red mug on a windowsill in the sun")[:n]
@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     cuda = not args.cpu_smoke
     models.import_host(cpu=not cuda)
     import comfy.model_management as mm
-    from ..prism_core.config import LoraConfig, TokenConfig
+    from ..prism_core.training.config import LoraConfig, TokenConfig
     from ..prism_core.host.runtime import RunOptions
     from ..prism_core.host.stage1 import learn_tokens
     from ..prism_core.host.family import describe

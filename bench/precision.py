@@ -37,8 +37,8 @@ def main(args: argparse.Namespace) -> int:
     models.import_host()
     sys.path.append(str(Path(__file__).resolve().parents[1] / "tests" / "host"))
     import tiny_models
-    from ..prism_core.stage1 import TokenParameters, micro_step_losses, residual_prompt
-    from ..prism_core.schedule import MicroStep
+    from ..prism_core.training.stage1 import TokenParameters, micro_step_losses, residual_prompt
+    from ..prism_core.training.schedule import MicroStep
     from ..prism_core.host import text
     from ..prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents
 

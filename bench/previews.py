@@ -83,7 +83,7 @@ class Clocked:
 
 
 def run_stage(stage: int, settings: Settings, bench_models, concept, tokens=None):
-    from ..prism_core.config import LoraConfig, TokenConfig
+    from ..prism_core.training.config import LoraConfig, TokenConfig
     from ..prism_core.host.previews import PreviewSettings, TrainingPreviews
     from ..prism_core.host.runtime import RunOptions
     from ..prism_core.host.stage1 import learn_tokens
@@ -132,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
     results, tokens = [], None
     for stage in [int(s) for s in args.stages.split(",") if s]:
         if stage == 2 and tokens is None:  # Stage 2 trains on Stage 1 tokens; a 1-step run is enough for timing
-            from ..prism_core.config import TokenConfig
+            from ..prism_core.training.config import TokenConfig
             from ..prism_core.host.stage1 import learn_tokens
             with torch.inference_mode():
                 tokens = learn_tokens(bench_models.model, bench_models.clip, bench_models.vae, concept,

@@ -94,7 +94,7 @@ class Settings:
     threads: int = 1
 
     def token_config(self, steps: int):
-        from ..prism_core.config import TokenConfig
+        from ..prism_core.training.config import TokenConfig
         return TokenConfig(steps=steps, gradient_accumulation=self.accumulation, exclusion_set_size=self.anchors,
                            seed=self.seed)
 
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # -- the concept set ---------------------------------------------------------------------------------
 def make_concept(settings: Settings):
-    from ..prism_core.concept_set import ConceptSet
+    from ..prism_core.concept_input.concept_set import ConceptSet
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.inference_mode():  # upstream IMAGE tensors are inference tensors in a real run
         images = torch.rand(settings.images, settings.resolution, settings.resolution, 3, generator=generator)
@@ -188,7 +188,7 @@ class Variant:
         raise NotImplementedError
 
     def plan(self, steps: int, accumulation: int | None):
-        from ..prism_core.schedule import plan_micro_steps
+        from ..prism_core.training.schedule import plan_micro_steps
         s = self.settings
         return plan_micro_steps(s.images, min(s.anchors, s.images - 1), steps, accumulation or s.accumulation,
                                 int(self.sampling.sigmas.shape[0]), s.seed)
@@ -283,7 +283,7 @@ class PackVariant(Variant):
         b.check_interrupt = check_interrupt
 
     def segments(self, steps: int, accumulation: int | None = None) -> Iterator[dict[str, float]]:
-        from ..prism_core.stage1 import optimize_tokens
+        from ..prism_core.training.stage1 import optimize_tokens
         config = self.settings.token_config(steps)
         if accumulation:
             config = dataclasses.replace(config, gradient_accumulation=accumulation)
@@ -410,7 +410,7 @@ class ReferenceVariant(Variant):
             return self.models.model.model.process_latent_in(latents).float()
 
     def _micro_step(self, step, scale: float) -> tuple[float, float]:
-        from ..prism_core.schedule import draw_noise
+        from ..prism_core.training.schedule import draw_noise
         t = self.timers
         k = len(step.anchors)
         noise = draw_noise(step, self.latents.shape[1:])
@@ -480,8 +480,8 @@ class BoundVariant(Variant):
         self.setup_s = time.perf_counter() - start
 
     def segments(self, steps: int, accumulation: int | None = None) -> Iterator[dict[str, float]]:
-        from ..prism_core.losses import exclusion_loss, prism_loss, reconstruction_loss
-        from ..prism_core.schedule import draw_noise
+        from ..prism_core.training.losses import exclusion_loss, prism_loss, reconstruction_loss
+        from ..prism_core.training.schedule import draw_noise
         t, marks = self.timers, Marks(self.timers)
         for index, micro_steps in enumerate(self.plan(steps, accumulation)):
             for step in micro_steps:

@@ -222,8 +222,8 @@ def restricted_to(keys: set[str]) -> Any:
 
 
 def run_pack(spec: Spec, settings: Settings, bench_models: models.BenchModels, data: Data, steps: int) -> list[float]:
-    from ..prism_core.config import LoraConfig
-    from ..prism_core.stage2 import train_lora
+    from ..prism_core.training.config import LoraConfig
+    from ..prism_core.training.stage2 import train_lora
     from ..prism_core.host import lora_layers
     from ..prism_core.host.internals.lora_adapters import trainable_parameters
     from ..prism_core.host.family import describe

@@ -22,9 +22,9 @@ from generate import SamplerSettings, conditioning_tensor, encode_text, generate
 from world_model import WorldModel
 
 from comfyui_conceptprism.nodes.conditioning import PrismConditioning
-from comfyui_conceptprism.prism_core.concept_set import ConceptSet, from_batch
-from comfyui_conceptprism.prism_core.config import TABLE2_CONFIGURATIONS, LoraConfig, TokenConfig
-from comfyui_conceptprism.prism_core.token_bank import PrismTokens
+from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet, from_batch
+from comfyui_conceptprism.prism_core.training.config import TABLE2_CONFIGURATIONS, LoraConfig, TokenConfig
+from comfyui_conceptprism.prism_core.formats.token_bank import PrismTokens
 from comfyui_conceptprism.prism_core.host.runtime import RunOptions
 from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens
 from comfyui_conceptprism.prism_core.host.family import describe

@@ -34,7 +34,7 @@ import concepts  # noqa: E402
 from experiment import BUDGETS, REFERENCE, Budget, run_unit  # noqa: E402
 from world_model import load_world_model  # noqa: E402
 
-from comfyui_conceptprism.prism_core.config import TABLE2_CONFIGURATIONS  # noqa: E402
+from comfyui_conceptprism.prism_core.training.config import TABLE2_CONFIGURATIONS  # noqa: E402
 
 
 def units(budget: Budget, configs: list[str]) -> list[tuple[int, str, int]]:

@@ -8,10 +8,10 @@ import comfy.samplers
 from ..prism_core.host.internals.contract import DINO, SCORING, TOKENS, require
 from ..prism_core.host.stock_nodes import apply_lora_file, placeholder_conditioning
 from ..prism_core.host.sweep import SweepSettings, run_candidates, run_sweep
-from ..prism_core.prompt_sets import PLACEHOLDER, set_names, sweep_prompts
-from ..prism_core.score_table import Table, draw_table
-from ..prism_core.scores import format_value
-from ..prism_core.sweep_plot import draw_tradeoff
+from ..prism_core.judging.prompt_sets import PLACEHOLDER, set_names, sweep_prompts
+from ..prism_core.judging.score_table import Table, draw_table
+from ..prism_core.judging.scores import format_value
+from ..prism_core.pictures.sweep_plot import draw_tradeoff
 from .concept_score import CLIP_TEXT_TIP, CLIP_VISION_TIP, DINO_TIP
 from .types import CATEGORY, PRISM_TOKENS
 

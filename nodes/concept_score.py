@@ -5,8 +5,8 @@ import torch
 
 from ..prism_core.host.internals.contract import DINO, SCORING, require
 from ..prism_core.host.scoring import MATCHING_PAIRS, score_images
-from ..prism_core.score_table import Table, draw_table
-from ..prism_core.scores import METRICS, format_value, mean_score, prompts_per_image, scores_text
+from ..prism_core.judging.score_table import Table, draw_table
+from ..prism_core.judging.scores import METRICS, format_value, mean_score, prompts_per_image, scores_text
 from .types import CATEGORY
 
 CLIP_TEXT_TIP = ("The text half of the CLIP vision model, for CLIP-T: its pooled output must be the projected text "

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import hashlib
 
-from ..prism_core import concept_set
-from ..prism_core import images as image_io
-from ..prism_core.concept_folder import typed_folder
+from ..prism_core.concept_input import concept_set
+from ..prism_core.concept_input import images as image_io
+from ..prism_core.concept_input.concept_folder import typed_folder
 from ..prism_core.host.concept_set_checks import report_concept_set, validate_load_concept_set
 from ..prism_core.host.folders import resolve_input_folder
 from .types import CATEGORY, CONCEPT_SET

@@ -1,8 +1,8 @@
 """SavePrismLoRA: the Stage 2 LoRA into models/loras, for LoraLoader and other tools."""
 from __future__ import annotations
 
-from ..prism_core.lora_file import SAVE_DTYPES, save_lora
-from ..prism_core.names import checked_prefix
+from ..prism_core.formats.lora_file import SAVE_DTYPES, save_lora
+from ..prism_core.formats.names import checked_prefix
 from ..prism_core.host.folders import first_folder, refuse_unwritable_folder, validate_save_folder
 from .types import CATEGORY, LORA_MODEL
 

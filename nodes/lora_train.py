@@ -5,9 +5,9 @@ from pathlib import Path
 
 import folder_paths
 
-from ..prism_core.config import FLUX_LORA_DEFAULTS, LoraConfig, family_preset, help_text
-from ..prism_core.lora_file import LoraWeights, read_lora, save_lora
-from ..prism_core.names import checked_prefix
+from ..prism_core.training.config import FLUX_LORA_DEFAULTS, LoraConfig, family_preset, help_text
+from ..prism_core.formats.lora_file import LoraWeights, read_lora, save_lora
+from ..prism_core.formats.names import checked_prefix
 from ..prism_core.host.folders import first_folder, refuse_unwritable_folder, validate_save_folder
 from ..prism_core.host.internals.contract import flux_uses, require, training_uses, validation_answer
 from ..prism_core.host.runtime import step_reporter

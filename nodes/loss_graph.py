@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..prism_core.loss_plot import Curve, draw_curves
+from ..prism_core.pictures.loss_plot import Curve, draw_curves
 from .types import CATEGORY, LOSS_MAP, PRISM_TOKENS
 
 

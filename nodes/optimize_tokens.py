@@ -1,7 +1,7 @@
 """OptimizePrismTokens: Stage 1 (paper Algorithm 1) as a node."""
 from __future__ import annotations
 
-from ..prism_core.config import FLUX_TOKEN_DEFAULTS, TokenConfig, help_text
+from ..prism_core.training.config import FLUX_TOKEN_DEFAULTS, TokenConfig, help_text
 from ..prism_core.host.family import describe
 from ..prism_core.host.runtime import RunOptions, step_reporter
 from ..prism_core.host.stage1 import family_config, learn_tokens

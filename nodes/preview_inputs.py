@@ -4,7 +4,7 @@ from __future__ import annotations
 import comfy.samplers
 
 from ..prism_core.host.previews import PreviewSettings, TrainingPreviews
-from ..prism_core.previews import DEFAULT_PROMPTS, PLACEHOLDER, preview_prompts
+from ..prism_core.pictures.previews import DEFAULT_PROMPTS, PLACEHOLDER, preview_prompts
 
 PREVIEW_OUTPUT_TOOLTIP = (
     "Every preview of the run (each prompt at steps N, 2N, ...), oldest first, with its step written on it; wire it "

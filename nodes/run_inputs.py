@@ -2,7 +2,7 @@
 (optional, so graphs saved before them still run). Written once here; each node says what differs."""
 from __future__ import annotations
 
-from ..prism_core.config import PRESETS
+from ..prism_core.training.config import PRESETS
 from ..prism_core.host.diffusion import TRAINING_DTYPES
 
 TRAINING_DTYPE_TIP = (

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import folder_paths
 
-from ..prism_core.files import save_new_safetensors
-from ..prism_core.names import checked_prefix
-from ..prism_core.token_bank import PrismTokens
+from ..prism_core.formats.files import save_new_safetensors
+from ..prism_core.formats.names import checked_prefix
+from ..prism_core.formats.token_bank import PrismTokens
 from ..prism_core.host.folders import TOKENS_FOLDER, first_folder, refuse_unwritable_folder, validate_save_folder
 from .types import CATEGORY, PRISM_TOKENS
 

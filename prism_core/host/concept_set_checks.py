@@ -19,9 +19,9 @@ from typing import Any
 
 import folder_paths
 
-from ..concept_folder import list_image_files, skipped_message, too_few_images_message
-from ..concept_set import ConceptSet
-from ..images import ConceptSetError
+from ..concept_input.concept_folder import list_image_files, skipped_message, too_few_images_message
+from ..concept_input.concept_set import ConceptSet
+from ..concept_input.images import ConceptSetError
 from .folders import resolve_input_folder
 from .internals import contract
 from .internals.host_helpers import link_type_matches

@@ -8,10 +8,10 @@ import torch
 
 import comfy.model_management
 
-from ..losses import native_coefficients, native_from_denoised
-from ..prompts import reconstruction_prompt
-from ..token_bank import PrismTokens
-from ..schedule import flow_sigmas
+from ..training.losses import native_coefficients, native_from_denoised
+from ..training.prompts import reconstruction_prompt
+from ..formats.token_bank import PrismTokens
+from ..training.schedule import flow_sigmas
 from . import text
 from .internals.model_facts import condition_tensors, device_computes, supported_dtypes
 
@@ -81,7 +81,7 @@ class Predictor:
     The model returns a denoised estimate x0_hat; the family's native prediction (eps_hat, v_hat) is an
     affine map of (x_t, x0_hat) whose coefficients come from the host's own noising (x_t = a*x0 + b*eps,
     read off ``noise_scaling``) and sigma_data, and the target is the same map of (x_t, x0)
-    (prism_core.losses). Compute precision is the clone's (``set_model_compute_dtype``, see
+    (prism_core.training.losses). Compute precision is the clone's (``set_model_compute_dtype``, see
     training_guard.loaded_training_clones); float16 compute asks the loops to scale the loss.
     """
 

@@ -15,8 +15,8 @@ import comfy.model_base
 import comfy.model_sampling
 import comfy.supported_models
 
-from ..lora_file import BaseFamily
-from ..schedule import FLOW_SIGMA_LEVELS
+from ..formats.lora_file import BaseFamily
+from ..training.schedule import FLOW_SIGMA_LEVELS
 from . import text
 from .internals.model_facts import is_flux1, reads_guidance
 

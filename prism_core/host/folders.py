@@ -6,11 +6,11 @@ from pathlib import Path
 
 import folder_paths
 
-from ..concept_folder import typed_folder
-from ..files import split_prefix, unwritable_reason
-from ..lora_file import token_hash
-from ..names import file_prefix, prompt_word_prefix
-from ..token_bank import PrismTokens
+from ..concept_input.concept_folder import typed_folder
+from ..formats.files import split_prefix, unwritable_reason
+from ..formats.lora_file import token_hash
+from ..formats.names import file_prefix, prompt_word_prefix
+from ..formats.token_bank import PrismTokens
 
 TOKENS_FOLDER = "prism_tokens"
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..lora_file import layer_tensors
+from ..formats.lora_file import layer_tensors
 from .internals.lora_adapters import adapter_from_file, move_trainable, new_adapter
 from .lora_targets import LoraTarget
 

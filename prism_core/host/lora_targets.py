@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..lora_file import BaseFamily
+from ..formats.lora_file import BaseFamily
 from .internals.lora_adapters import flux_diffusers_map, lora_key_map
 from .internals.training_guard import uses_host_casts
 

@@ -1,6 +1,6 @@
 """Previews during training, rendered with the host's own nodes exactly as a stock graph would.
 
-Every N optimizer steps (prism_core.previews.preview_due) each preview prompt is rendered with the
+Every N optimizer steps (prism_core.pictures.previews.preview_due) each preview prompt is rendered with the
 current concept: Stage 1 conditions the incoming MODEL with Prism Conditioning's encoding of the
 current token bank (mode "target"); Stage 2 patches the current adapters into the incoming MODEL as
 LoraLoader patches a saved file (``comfy.sd.load_lora_for_models``, model strength 1). Rendering is
@@ -29,8 +29,8 @@ import comfy.model_management
 import comfy.utils
 import node_helpers
 
-from ..previews import PLACEHOLDER, placeholder_image, preview_due, stamp_step
-from ..token_bank import PrismTokens
+from ..pictures.previews import PLACEHOLDER, placeholder_image, preview_due, stamp_step
+from ..formats.token_bank import PrismTokens
 from .runtime import show_text
 from .stock_nodes import placeholder_conditioning, render
 from .internals.training_guard import load_as_executor

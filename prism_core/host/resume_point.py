@@ -5,11 +5,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..concept_set import ConceptSet
-from ..config import LoraConfig
-from ..lora_file import BaseFamily, LoraWeights, token_hash
-from ..resume import check_resume, image_record, previous_runs
-from ..token_bank import PrismTokens
+from ..concept_input.concept_set import ConceptSet
+from ..training.config import LoraConfig
+from ..formats.lora_file import BaseFamily, LoraWeights, token_hash
+from ..formats.resume import check_resume, image_record, previous_runs
+from ..formats.token_bank import PrismTokens
 from .folders import token_banks_with_hash
 
 log = logging.getLogger("ConceptPrism")

@@ -8,7 +8,7 @@ from typing import Callable
 
 import comfy.utils
 
-from ..loss_scaling import skipped_warning
+from ..training.loss_scaling import skipped_warning
 
 log = logging.getLogger("ConceptPrism")
 

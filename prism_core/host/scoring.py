@@ -15,7 +15,7 @@ import torch
 
 import comfy.model_management
 
-from ..scores import ImageScore, clip_t_prompt, image_scores
+from ..judging.scores import ImageScore, clip_t_prompt, image_scores
 from .internals.host_helpers import vision_kind
 from .internals.text_encoders import projected_pooled
 

@@ -7,12 +7,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..concept_set import ConceptSet
-from ..config import TokenConfig, family_preset
-from ..init import content_free_rows, random_vectors, repeated_vector
-from ..input_checks import check_training_inputs
-from ..stage1 import optimize_tokens
-from ..token_bank import PrismTokens
+from ..concept_input.concept_set import ConceptSet
+from ..training.config import TokenConfig, family_preset
+from ..training.init import content_free_rows, random_vectors, repeated_vector
+from ..concept_input.input_checks import check_training_inputs
+from ..training.stage1 import optimize_tokens
+from ..formats.token_bank import PrismTokens
 from . import text
 from .runtime import RunOptions, report_skipped_steps
 from .diffusion import encode_latents

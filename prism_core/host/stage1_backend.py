@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from ..batching import Cond
-from ..prompts import Prompt, SlotVectors
+from ..training.batching import Cond
+from ..training.prompts import Prompt, SlotVectors
 from . import text
 from .internals import training_guard
 from .diffusion import TRAINING_DTYPES, PredictingBackend, Predictor, compute_dtype as resolve_dtype, dtype_name, encode_latents, model_inputs  # noqa: F401 (re-exported)

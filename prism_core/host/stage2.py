@@ -8,12 +8,12 @@ from typing import Any, Callable
 import torch
 
 
-from ..concept_set import ConceptSet
-from ..config import LoraConfig
-from ..input_checks import check_training_inputs
-from ..lora_file import LoraWeights, lora_metadata
-from ..stage2 import train_lora
-from ..token_bank import PrismTokens
+from ..concept_input.concept_set import ConceptSet
+from ..training.config import LoraConfig
+from ..concept_input.input_checks import check_training_inputs
+from ..formats.lora_file import LoraWeights, lora_metadata
+from ..training.stage2 import train_lora
+from ..formats.token_bank import PrismTokens
 from . import lora_layers, text
 from .internals.lora_adapters import trainable_parameters
 from .diffusion import compute_dtype as resolve_dtype, dtype_name, encode_latents, training_conditionings

@@ -14,7 +14,7 @@ import comfy.utils
 import folder_paths
 import nodes as host_nodes
 
-from ..token_bank import TARGET_SLOT, PrismTokens, residual_slot
+from ..formats.token_bank import TARGET_SLOT, PrismTokens, residual_slot
 from . import text
 
 MODES = ("target", "target with residual", "residual only")

@@ -21,11 +21,11 @@ import comfy.sd
 import comfy.utils
 import folder_paths
 
-from ..files import read_metadata, split_prefix
-from ..lora_file import FORMAT, token_summary
-from ..scores import mean_score
-from ..sweep import Candidate, Choice, SweepCost, SweepPoint, check_cost, choose_checkpoint, header_steps, header_tokens_hash, run_checkpoints
-from ..token_bank import PrismTokens
+from ..formats.files import read_metadata, split_prefix
+from ..formats.lora_file import FORMAT, token_summary
+from ..judging.scores import mean_score
+from ..judging.sweep import Candidate, Choice, SweepCost, SweepPoint, check_cost, choose_checkpoint, header_steps, header_tokens_hash, run_checkpoints
+from ..formats.token_bank import PrismTokens
 from .folders import first_folder
 from .stock_nodes import apply_lora_file, render
 from .runtime import show_text

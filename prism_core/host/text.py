@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ..prompts import Prompt, SlotVectors
-from ..token_bank import TARGET_SLOT, PrismTokens, is_slot, residual_slot
+from ..training.prompts import Prompt, SlotVectors
+from ..formats.token_bank import TARGET_SLOT, PrismTokens, is_slot, residual_slot
 from .internals.embedding_lookup import SlotRow, slot_lookup
 from .internals.text_encoders import (apply_clip_options, clip_layer_index, encode_chunk, encode_token_weights,
                                       encoder_keys, input_embedding_table, literal_chunk, tokenize_with_weights,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_conceptprism.prism_core import concept_folder, concept_set
-from comfyui_conceptprism.prism_core.images import ConceptSetError
+from comfyui_conceptprism.prism_core.concept_input import concept_folder, concept_set
+from comfyui_conceptprism.prism_core.concept_input.images import ConceptSetError
 
 
 def _image(path: pathlib.Path, size=(20, 16)) -> pathlib.Path:

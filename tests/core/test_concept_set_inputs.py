@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_conceptprism.prism_core import concept_folder, concept_set, images
-from comfyui_conceptprism.prism_core.images import ConceptSetError
+from comfyui_conceptprism.prism_core.concept_input import concept_folder, concept_set, images
+from comfyui_conceptprism.prism_core.concept_input.images import ConceptSetError
 
 
 def _image(path: pathlib.Path, seed: int, size: tuple[int, int] = (40, 32)) -> pathlib.Path:

@@ -1,4 +1,4 @@
-"""Tests for prism_core.images. All images are generated in tmp_path with Pillow."""
+"""Tests for prism_core.concept_input.images. All images are generated in tmp_path with Pillow."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_conceptprism.prism_core import images
-from comfyui_conceptprism.prism_core.images import ConceptSetError
+from comfyui_conceptprism.prism_core.concept_input import images
+from comfyui_conceptprism.prism_core.concept_input.images import ConceptSetError
 
 
 def _save(img: Image.Image, path: pathlib.Path, **kw) -> pathlib.Path:

@@ -6,10 +6,10 @@ import pytest
 import safetensors
 import torch
 
-from comfyui_conceptprism.prism_core.lora_file import (
+from comfyui_conceptprism.prism_core.formats.lora_file import (
     BaseFamily, LoraWeights, layer_tensors, lora_metadata, read_lora, save_lora, target_from_summary)
-from comfyui_conceptprism.prism_core.loss_plot import MEAN_COLOUR, Curve, draw_curves, moving_average
-from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens
+from comfyui_conceptprism.prism_core.pictures.loss_plot import MEAN_COLOUR, Curve, draw_curves, moving_average
+from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens
 
 FAMILY = BaseFamily("sd15", False, "sd_v1", "stable-diffusion-v1/lora")
 

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from comfyui_conceptprism.prism_core.config import LoraConfig
-from comfyui_conceptprism.prism_core.stage2 import train_lora
-from comfyui_conceptprism.prism_core.stage1 import NonFiniteLossError
-from comfyui_conceptprism.prism_core.schedule import draw_noise, plan_micro_steps
+from comfyui_conceptprism.prism_core.training.config import LoraConfig
+from comfyui_conceptprism.prism_core.training.stage2 import train_lora
+from comfyui_conceptprism.prism_core.training.stage1 import NonFiniteLossError
+from comfyui_conceptprism.prism_core.training.schedule import draw_noise, plan_micro_steps
 
 
 class ToyLoraBackend:

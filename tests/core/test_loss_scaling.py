@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from comfyui_conceptprism.prism_core.config import LoraConfig, TokenConfig
-from comfyui_conceptprism.prism_core.loss_scaling import LossScaler
-from comfyui_conceptprism.prism_core.stage2 import train_lora
-from comfyui_conceptprism.prism_core.stage1 import optimize_tokens
-from comfyui_conceptprism.prism_core.token_bank import TARGET_SLOT
+from comfyui_conceptprism.prism_core.training.config import LoraConfig, TokenConfig
+from comfyui_conceptprism.prism_core.training.loss_scaling import LossScaler
+from comfyui_conceptprism.prism_core.training.stage2 import train_lora
+from comfyui_conceptprism.prism_core.training.stage1 import optimize_tokens
+from comfyui_conceptprism.prism_core.formats.token_bank import TARGET_SLOT
 
 from test_lora_train_loop import CONDS, LATENTS, ToyLoraBackend
 from test_optimize_loop import ToyBackend, _initial
@@ -109,7 +109,7 @@ class OverflowAlways(OverflowOnce):
 
 
 def test_stage1_loop_records_skipped_steps_and_refuses_a_run_that_trained_nothing():
-    from comfyui_conceptprism.prism_core.loss_scaling import NothingTrainedError
+    from comfyui_conceptprism.prism_core.training.loss_scaling import NothingTrainedError
     config = TokenConfig(steps=3, gradient_accumulation=1, learning_rate=0.05)
     latents = torch.randn(4, 4, generator=torch.Generator().manual_seed(2))
     target, residuals = _initial(n_r=config.residual_length)
@@ -120,7 +120,7 @@ def test_stage1_loop_records_skipped_steps_and_refuses_a_run_that_trained_nothin
 
 
 def test_stage2_loop_reports_skipped_steps_and_refuses_a_run_that_trained_nothing():
-    from comfyui_conceptprism.prism_core.loss_scaling import NothingTrainedError
+    from comfyui_conceptprism.prism_core.training.loss_scaling import NothingTrainedError
     toy = ToyLoraBackend()
     skipped = []
     config = LoraConfig(steps=3, gradient_accumulation=1, learning_rate=0.05)
@@ -132,7 +132,7 @@ def test_stage2_loop_reports_skipped_steps_and_refuses_a_run_that_trained_nothin
 
 
 def test_skipped_steps_warn_only_past_the_scalers_calibration_share():
-    from comfyui_conceptprism.prism_core.loss_scaling import skipped_warning
+    from comfyui_conceptprism.prism_core.training.loss_scaling import skipped_warning
     assert skipped_warning("Stage 1", [], 200, "tokens") is None
     assert skipped_warning("Stage 1", list(range(1, 11)), 200, "tokens") is None  # 5%: the scale settling
     message = skipped_warning("Stage 1", list(range(1, 12)), 200, "tokens")
@@ -144,7 +144,7 @@ def test_resume_compares_only_settings_both_runs_record():
     """A file that recorded guidance (FLUX.1-schnell before guidance was recorded only where read) resumed by a run
     that does not record it is not warned about; two recorded values that differ are."""
     import json
-    from comfyui_conceptprism.prism_core.resume import check_resume
+    from comfyui_conceptprism.prism_core.formats.resume import check_resume
     images = {"names": ["a"], "resolution": 64, "pixels_sha256": ["x"]}
     run = {"seed": 0, "gradient_accumulation": 1, "learning_rate": 1e-4, "weight_decay": 1e-4, "max_grad_norm": 1.0,
            "training_dtype": "float32", "guidance": 3.5, "first_step": 1, "last_step": 2}

@@ -3,9 +3,9 @@ import torch
 
 import pytest
 
-from comfyui_conceptprism.prism_core.losses import (eps_from_denoised, exclusion_loss, prism_loss,
+from comfyui_conceptprism.prism_core.training.losses import (eps_from_denoised, exclusion_loss, prism_loss,
                                                     native_coefficients, native_from_denoised, reconstruction_loss)
-from comfyui_conceptprism.prism_core.schedule import FLOW_SIGMA_LEVELS, draw_noise, flow_sigmas, plan_micro_steps
+from comfyui_conceptprism.prism_core.training.schedule import FLOW_SIGMA_LEVELS, draw_noise, flow_sigmas, plan_micro_steps
 
 
 def test_eps_recovered_from_denoised_for_eps_and_flow_noising():

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from comfyui_conceptprism.prism_core import names
-from comfyui_conceptprism.prism_core.files import save_new_safetensors
-from comfyui_conceptprism.prism_core.input_checks import NonFiniteInputError, check_latents, check_pixels
-from comfyui_conceptprism.prism_core.lora_file import BaseFamily, lora_metadata, token_hash
-from comfyui_conceptprism.prism_core.resume import (
+from comfyui_conceptprism.prism_core.formats import names
+from comfyui_conceptprism.prism_core.formats.files import save_new_safetensors
+from comfyui_conceptprism.prism_core.concept_input.input_checks import NonFiniteInputError, check_latents, check_pixels
+from comfyui_conceptprism.prism_core.formats.lora_file import BaseFamily, lora_metadata, token_hash
+from comfyui_conceptprism.prism_core.formats.resume import (
     ResumeMismatchError, check_resume, image_record, previous_runs)
-from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens
+from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens
 
 HOSTILE = ["my dog", "rex (v2)", "a:b*c?d\"e<f>g|h", "sub dir/my dog", "tab\there\nnewline", "no\u00a0break",
            "con/dog", "((weighted:1.2))", "  ", "ünïcode dög"]

@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from comfyui_conceptprism.prism_core.config import TABLE2_CONFIGURATIONS, TokenConfig
-from comfyui_conceptprism.prism_core.stage1 import (NonFiniteLossError, Prompt, TokenParameters, micro_step_losses,
+from comfyui_conceptprism.prism_core.training.config import TABLE2_CONFIGURATIONS, TokenConfig
+from comfyui_conceptprism.prism_core.training.stage1 import (NonFiniteLossError, Prompt, TokenParameters, micro_step_losses,
                                                       optimize_tokens)
-from comfyui_conceptprism.prism_core.schedule import draw_noise, plan_micro_steps
-from comfyui_conceptprism.prism_core.token_bank import TARGET_SLOT, residual_slot
+from comfyui_conceptprism.prism_core.training.schedule import draw_noise, plan_micro_steps
+from comfyui_conceptprism.prism_core.formats.token_bank import TARGET_SLOT, residual_slot
 
 
 class ToyBackend:

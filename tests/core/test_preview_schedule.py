@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from comfyui_conceptprism.prism_core.config import LoraConfig, TokenConfig
-from comfyui_conceptprism.prism_core.stage2 import train_lora
-from comfyui_conceptprism.prism_core.stage1 import optimize_tokens
-from comfyui_conceptprism.prism_core.previews import (label_box, placeholder_image, preview_due, preview_prompts,
+from comfyui_conceptprism.prism_core.training.config import LoraConfig, TokenConfig
+from comfyui_conceptprism.prism_core.training.stage2 import train_lora
+from comfyui_conceptprism.prism_core.training.stage1 import optimize_tokens
+from comfyui_conceptprism.prism_core.pictures.previews import (label_box, placeholder_image, preview_due, preview_prompts,
                                                      preview_schedule, stamp_step)
 
 from test_lora_train_loop import CONDS, LATENTS, ToyLoraBackend

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_conceptprism.prism_core import prompt_sets
-from comfyui_conceptprism.prism_core.lora_file import FORMAT, BaseFamily, lora_metadata
-from comfyui_conceptprism.prism_core.score_table import HIGHLIGHT_FILL, Table, draw_table
-from comfyui_conceptprism.prism_core.scores import (
+from comfyui_conceptprism.prism_core.judging import prompt_sets
+from comfyui_conceptprism.prism_core.formats.lora_file import FORMAT, BaseFamily, lora_metadata
+from comfyui_conceptprism.prism_core.judging.score_table import HIGHLIGHT_FILL, Table, draw_table
+from comfyui_conceptprism.prism_core.judging.scores import (
     clip_t_prompt, cosine_matrix, image_scores, mean_score, prompts_per_image, scores_text)
-from comfyui_conceptprism.prism_core.sweep import (
+from comfyui_conceptprism.prism_core.judging.sweep import (
     Candidate, SweepCost, SweepPoint, check_cost, choose_checkpoint, run_checkpoints, same_run)
-from comfyui_conceptprism.prism_core.sweep_plot import CHOSEN, draw_tradeoff
-from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens
+from comfyui_conceptprism.prism_core.pictures.sweep_plot import CHOSEN, draw_tradeoff
+from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens
 
 
 def test_cosines_and_means_equal_a_hand_computation():

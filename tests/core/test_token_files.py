@@ -5,8 +5,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from comfyui_conceptprism.prism_core import files
-from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens
+from comfyui_conceptprism.prism_core.formats import files
+from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens
 
 
 def _tokens():

@@ -131,7 +131,7 @@ def list_and_fault_nodes() -> dict[str, type]:
 
         def make(self, clip, seed):
             from comfyui_conceptprism.prism_core.host import text
-            from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens
+            from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens
             g = torch.Generator().manual_seed(seed)
             widths = text.encoder_widths(clip)
             return (PrismTokens({k: torch.randn(2, w, generator=g) * 0.05 for k, w in widths.items()},

@@ -20,9 +20,9 @@ from comfyui_conceptprism.nodes.checkpoint_sweep import PrismCheckpointSweep  # 
 from comfyui_conceptprism.nodes.conditioning import PrismConditioning  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
-from comfyui_conceptprism.prism_core.lora_file import read_lora, save_lora  # noqa: E402
-from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
+from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.lora_file import read_lora, save_lora  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import sweep as host_sweep  # noqa: E402
 from comfyui_conceptprism.prism_core.host import text  # noqa: E402
 

@@ -22,8 +22,8 @@ import comfy.sd  # noqa: E402
 
 import tiny_models  # noqa: E402
 from host_checks import RES, module_state  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
-from comfyui_conceptprism.prism_core.config import TokenConfig  # noqa: E402
+from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
+from comfyui_conceptprism.prism_core.training.config import TokenConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals import training_guard  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens  # noqa: E402
 

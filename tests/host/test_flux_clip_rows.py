@@ -15,9 +15,9 @@ from host_setup import require_host
 require_host()
 
 from host_checks import RES  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
-from comfyui_conceptprism.prism_core.config import TokenConfig  # noqa: E402
-from comfyui_conceptprism.prism_core.init import content_free_rows, repeated_vector  # noqa: E402
+from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
+from comfyui_conceptprism.prism_core.training.config import TokenConfig  # noqa: E402
+from comfyui_conceptprism.prism_core.training.init import content_free_rows, repeated_vector  # noqa: E402
 from comfyui_conceptprism.prism_core.host import text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals import text_encoders  # noqa: E402
 from comfyui_conceptprism.prism_core.host.family import FLUX_FROZEN_ENCODERS  # noqa: E402

@@ -19,10 +19,10 @@ import comfy.model_management  # noqa: E402
 
 from host_checks import RES, module_state  # noqa: E402
 from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
-from comfyui_conceptprism.prism_core.config import TokenConfig  # noqa: E402
-from comfyui_conceptprism.prism_core.stage1 import TokenParameters, micro_step_losses  # noqa: E402
-from comfyui_conceptprism.prism_core.schedule import MicroStep, plan_micro_steps  # noqa: E402
+from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
+from comfyui_conceptprism.prism_core.training.config import TokenConfig  # noqa: E402
+from comfyui_conceptprism.prism_core.training.stage1 import TokenParameters, micro_step_losses  # noqa: E402
+from comfyui_conceptprism.prism_core.training.schedule import MicroStep, plan_micro_steps  # noqa: E402
 from comfyui_conceptprism.prism_core.host import diffusion, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals import out_of_place  # noqa: E402
 from comfyui_conceptprism.prism_core.host.runtime import RunOptions
@@ -293,7 +293,7 @@ def test_tokens_at_the_real_t5_width_work_as_embedding_words(embedding_root, fol
     import tiny_models
     from comfyui_conceptprism.nodes.conditioning import PrismConditioning
     from comfyui_conceptprism.nodes.token_files import SavePrismEmbedding
-    from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens
+    from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens
     models = tiny_models.build("flux", 0, embedding_directory=str(embedding_root), t5_width=4096)
     widths = text.encoder_widths(models.clip)
     assert widths == {"clip_l": 768, "t5xxl": 4096}

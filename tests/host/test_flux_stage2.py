@@ -21,12 +21,12 @@ import nodes as host_nodes  # noqa: E402
 from host_checks import RES, host_outputs, module_state, stage2_run  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
-from comfyui_conceptprism.prism_core.config import LoraConfig  # noqa: E402
-from comfyui_conceptprism.prism_core.lora_file import LoraWeights, read_lora  # noqa: E402
-from comfyui_conceptprism.prism_core.stage2 import step_losses  # noqa: E402
-from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
-from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
+from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
+from comfyui_conceptprism.prism_core.training.config import LoraConfig  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.lora_file import LoraWeights, read_lora  # noqa: E402
+from comfyui_conceptprism.prism_core.training.stage2 import step_losses  # noqa: E402
+from comfyui_conceptprism.prism_core.training.schedule import MicroStep  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.family import describe  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters  # noqa: E402

@@ -18,8 +18,8 @@ from comfyui_conceptprism.nodes import NODE_CLASS_MAPPINGS  # noqa: E402
 from graph_helpers import CAPTURED, register_test_nodes, run_graph, stage1_graph, write_images  # noqa: E402
 from comfyui_conceptprism.nodes.concept_set import LoadConceptSet  # noqa: E402
 from comfyui_conceptprism.nodes.conditioning import PrismConditioning  # noqa: E402
-from comfyui_conceptprism.prism_core.images import ConceptSetError  # noqa: E402
-from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
+from comfyui_conceptprism.prism_core.concept_input.images import ConceptSetError  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens  # noqa: E402
 
 def test_host_loader_registers_every_node_with_tooltips():
     ok = asyncio.run(host_nodes.load_custom_node(str(PACK_ROOT), module_parent="custom_nodes"))

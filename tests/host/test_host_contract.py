@@ -39,7 +39,7 @@ from comfyui_conceptprism.prism_core.host.internals import (contract, embedding_
                                                             lora_adapters, model_facts, out_of_place,
                                                             text_encoders, training_guard)
 from comfyui_conceptprism.prism_core.host.internals.embedding_lookup import SlotRow  # noqa: E402
-from comfyui_conceptprism.prism_core.lora_file import layer_tensors  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.lora_file import layer_tensors  # noqa: E402
 
 INTERNALS = {internal.symbol: internal for internal in contract.INTERNALS}
 
@@ -595,8 +595,8 @@ def test_a_host_without_the_internal_still_loads_the_pack_and_refuses_by_name(in
 def test_a_layer_whose_arithmetic_changed_is_refused_on_the_first_step(tiny, monkeypatch):
     """The name probe cannot see a changed formula; the first call of the out-of-place CLIP layer compares it with
     the host's own forward on the user's model and refuses (before any training step), naming the symbol."""
-    from comfyui_conceptprism.prism_core.config import TokenConfig
-    from comfyui_conceptprism.prism_core.concept_set import ConceptSet
+    from comfyui_conceptprism.prism_core.training.config import TokenConfig
+    from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet
     from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens
 
     def forward(self, x, mask=None, optimized_attention=None):  # same names read, another formula

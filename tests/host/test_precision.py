@@ -20,9 +20,9 @@ require_host()
 import tiny_models  # noqa: E402
 from conftest import FAMILIES  # noqa: E402
 from host_checks import RES, stage2_run  # noqa: E402
-from comfyui_conceptprism.prism_core.stage2 import step_losses  # noqa: E402
-from comfyui_conceptprism.prism_core.stage1 import TokenParameters, micro_step_losses  # noqa: E402
-from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
+from comfyui_conceptprism.prism_core.training.stage2 import step_losses  # noqa: E402
+from comfyui_conceptprism.prism_core.training.stage1 import TokenParameters, micro_step_losses  # noqa: E402
+from comfyui_conceptprism.prism_core.training.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, lora_targets, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters  # noqa: E402
 from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402

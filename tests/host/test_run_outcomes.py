@@ -34,8 +34,8 @@ import nodes as host_nodes  # noqa: E402
 from graph_helpers import register_test_nodes, run_graph, stage1_graph, write_images  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens  # noqa: E402
-from comfyui_conceptprism.prism_core.lora_file import read_lora  # noqa: E402
-from comfyui_conceptprism.prism_core.token_bank import PrismTokens  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.lora_file import read_lora  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.token_bank import PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import diffusion  # noqa: E402
 from comfyui_conceptprism.prism_core.host.folders import save_folder_problem  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals.model_facts import reads_guidance  # noqa: E402

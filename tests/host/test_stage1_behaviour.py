@@ -16,9 +16,9 @@ from host_checks import RES, host_outputs, module_state  # noqa: E402
 from comfyui_conceptprism.nodes.conditioning import PrismConditioning  # noqa: E402
 from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens  # noqa: E402
 from comfyui_conceptprism.nodes.token_files import SavePrismEmbedding  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
-from comfyui_conceptprism.prism_core.config import TABLE2_CONFIGURATIONS, TokenConfig  # noqa: E402
-from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
+from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
+from comfyui_conceptprism.prism_core.training.config import TABLE2_CONFIGURATIONS, TokenConfig  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
@@ -121,7 +121,7 @@ def test_table2_configurations_from_node_inputs(family, tiny):
 def _residual_gap(models, tokens: PrismTokens, concept) -> float:
     """Mean ||pred(z_j, res_i) - pred(z_j, null)||^2 over i, j != i and a fixed held-out set of (t, eps)."""
     lengths = text.slot_lengths_for(tokens.target, tokens.residuals)
-    from comfyui_conceptprism.prism_core.stage1 import residual_prompt
+    from comfyui_conceptprism.prism_core.training.stage1 import residual_prompt
     gaps = []
     with torch.inference_mode(False), torch.no_grad():
         latents = encode_latents(models.model, models.vae, concept.images.clone())
@@ -171,7 +171,7 @@ def test_training_after_a_lora_patched_clone_was_loaded(family, tiny):
     from comfyui_conceptprism.prism_core.host import lora_layers
     from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets
     from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora
-    from comfyui_conceptprism.prism_core.lora_file import LoraWeights
+    from comfyui_conceptprism.prism_core.formats.lora_file import LoraWeights
     models = tiny(family)
     config = TokenConfig(steps=1, gradient_accumulation=1, residual_length=1)
     with torch.inference_mode():

@@ -12,8 +12,8 @@ require_host()
 
 from conftest import FAMILIES  # noqa: E402
 from host_checks import oracle_cond, oracle_native  # noqa: E402
-from comfyui_conceptprism.prism_core.stage1 import TokenParameters, micro_step_losses  # noqa: E402
-from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
+from comfyui_conceptprism.prism_core.training.stage1 import TokenParameters, micro_step_losses  # noqa: E402
+from comfyui_conceptprism.prism_core.training.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.host import text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend, encode_latents  # noqa: E402
 

@@ -24,12 +24,12 @@ from host_checks import RES, host_outputs, module_state, oracle_cond, oracle_eps
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.nodes.loss_graph import PrismLossGraph  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
-from comfyui_conceptprism.prism_core.config import LoraConfig  # noqa: E402
-from comfyui_conceptprism.prism_core.lora_file import LoraWeights, read_lora, target_from_summary  # noqa: E402
-from comfyui_conceptprism.prism_core.stage2 import step_losses  # noqa: E402
-from comfyui_conceptprism.prism_core.schedule import MicroStep  # noqa: E402
-from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
+from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
+from comfyui_conceptprism.prism_core.training.config import LoraConfig  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.lora_file import LoraWeights, read_lora, target_from_summary  # noqa: E402
+from comfyui_conceptprism.prism_core.training.stage2 import step_losses  # noqa: E402
+from comfyui_conceptprism.prism_core.training.schedule import MicroStep  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, lora_targets, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.family import describe  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters  # noqa: E402

@@ -23,9 +23,9 @@ from conftest import FAMILIES  # noqa: E402
 from graph_helpers import CAPTURED, CAPTURED_BY, list_pixels, overflowing_vae, register_test_nodes, run_graph, write_images  # noqa: E402
 from host_checks import RES  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_set import ConceptSet  # noqa: E402
+from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
 from comfyui_conceptprism.prism_core.host import text  # noqa: E402
-from comfyui_conceptprism.prism_core.token_bank import LossHistory, PrismTokens  # noqa: E402
+from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens  # noqa: E402
 
 ODD_PREFIXES = ["my dog", "rex (v2)", "sub dir/good (boy)", "a:b|c?", "conceptprism/concept"]
 
@@ -186,7 +186,7 @@ def test_resume_on_other_pixels_with_the_same_tokens_is_refused_naming_the_image
     args.update(steps=1, gradient_accumulation=1, checkpoint_every=0)
     with torch.inference_mode():
         lora = PrismLoRATrain().train(models.model, models.clip, models.vae, concept, tokens, **args)[1]
-    from comfyui_conceptprism.prism_core.lora_file import save_lora
+    from comfyui_conceptprism.prism_core.formats.lora_file import save_lora
     name = save_lora(lora, lora_dir, "first").name
     edited = images.clone()
     edited[2, :8, :8] = 0.0  # a retouched image under the same name

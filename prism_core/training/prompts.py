@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .token_bank import TARGET_SLOT, residual_slot
+from ..formats.token_bank import TARGET_SLOT, residual_slot
 
 SlotVectors = dict[str, dict[str, torch.Tensor]]
 """slot name -> {text-encoder key: [n, D]}."""

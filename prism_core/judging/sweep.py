@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from .lora_file import FORMAT
+from ..formats.lora_file import FORMAT
 
 
 @dataclass(frozen=True)

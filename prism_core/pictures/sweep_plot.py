@@ -7,7 +7,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .sweep import SweepPoint
+from ..judging.sweep import SweepPoint
 
 WIDTH, HEIGHT, MARGIN = 640, 480, 64
 LINE, POINT, CHOSEN, FLOOR, AXIS, TEXT = (20, 60, 170), (20, 60, 170), (220, 120, 0), (200, 60, 60), (120, 120, 120), (0, 0, 0)

@@ -1,5 +1,5 @@
 """Algorithm 1 (paper Sec. 3.2): optimise the target token and the per-image residual tokens on
-L = L_rec + beta * L_excl (Eq. 5; the terms are prism_core.losses' reconstruction_loss, Eq. 2, and
+L = L_rec + beta * L_excl (Eq. 5; the terms are prism_core.training.losses' reconstruction_loss, Eq. 2, and
 exclusion_loss, Eq. 4, each called here on its samples).
 
 The loop is host-agnostic: a `Stage1Backend` encodes prompts into conditioning and predicts the
@@ -28,7 +28,7 @@ from .batching import Cond, batch_conds, chunk_ranges
 from .losses import NonFiniteLossError, exclusion_loss, prism_loss, reconstruction_loss
 from .prompts import Prompt, SlotVectors, reconstruction_prompt, residual_prompt
 from .schedule import MicroStep, draw_noise, plan_micro_steps
-from .token_bank import TARGET_SLOT, LossHistory, residual_slot
+from ..formats.token_bank import TARGET_SLOT, LossHistory, residual_slot
 
 class Stage1Backend(Protocol):
     num_timesteps: int
