@@ -87,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
                                           on_step=on_step)
                 else:
                     train_concept_lora(bench.model, bench.clip, bench.vae, concept, tokens, LoraConfig(steps=args.steps),
-                                       options, family=describe(bench.model, stage2=True), on_step=on_step)
+                                       describe(bench.model), options, on_step=on_step)
             run = {"stage": stage, "training_dtype": dtype, "seconds_per_step": statistics.median(times) if times else None,
                    "peak_vram_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None}
             results["runs"].append(run)

@@ -106,7 +106,7 @@ def run_stage(stage: int, settings: Settings, bench_models, concept, tokens=None
         else:
             config = LoraConfig(steps=settings.steps, gradient_accumulation=settings.accumulation, seed=settings.seed)
             result = train_concept_lora(bench_models.model, bench_models.clip, bench_models.vae, concept, tokens, config,
-                                        options, family=describe(bench_models.model, stage2=True),
+                                        describe(bench_models.model), options,
                                         on_step=clocked.on_step, previews=previews)
     total = measure.clock() - started
     assert len(clocked.previews) == settings.steps // settings.every, clocked.previews

@@ -227,14 +227,14 @@ def run_pack(spec: Spec, settings: Settings, bench_models: models.BenchModels, d
     from ..prism_core.host import lora_layers
     from ..prism_core.host.internals.lora_adapters import trainable_parameters
     from ..prism_core.host.family import describe
-    from ..prism_core.host.lora_targets import stage2_targets
+    from ..prism_core.host.lora_targets import lora_targets
     from ..prism_core.host.stage2_backend import ComfyStage2Backend
     config = LoraConfig(rank=settings.rank, alpha=float(settings.rank), learning_rate=LEARNING_RATE, steps=steps,
                         gradient_accumulation=settings.accumulation, seed=settings.seed)
     model = bench_models.model
     with torch.inference_mode(False):
         family = describe(model, stage2=True)
-        targets = stage2_targets(model)
+        targets = lora_targets(model, family.lora)
         adapters = lora_layers.trainable_adapters(targets, config.rank, config.alpha, config.seed)
         with ComfyStage2Backend(model, adapters, family, targets, max_batch=spec.max_batch,
                                 training_dtype="float32", checkpointing=spec.checkpointing) as backend:

@@ -147,8 +147,8 @@ def run_unit(wm: WorldModel, net: classifiers.AttributeNet, index: int, config_n
         return record
     lora_config = LoraConfig(steps=budget.stage2_steps, gradient_accumulation=budget.stage2_accumulation, seed=seed,
                              learning_rate=budget.stage2_learning_rate)
-    run = train_concept_lora(wm.model, wm.clip, wm.vae, concept_set, tokens, lora_config, RunOptions(),
-                             family=describe(wm.model, stage2=True))
+    run = train_concept_lora(wm.model, wm.clip, wm.vae, concept_set, tokens, lora_config, describe(wm.model),
+                             RunOptions())
     t3 = time.time()
     record["lora"] = score(dataclasses.replace(wm, model=apply_lora(wm.model, run.weights)), net, tokens, concept,
                            scene_list, budget, gen_seed)

@@ -91,7 +91,7 @@ class PrismLoRATrain:
               preview_prompts="a photo of [V]", preview_steps=12, preview_sampler="euler", preview_scheduler="normal",
               preview_cfg=7.0, preview_seed=0, preset="auto", guidance=3.5, unique_id=None):
         require(NODE, *training_uses(2, gradient_checkpointing))
-        family = describe(model, clip, stage2=True)  # the one decision of this run's model family
+        family = describe(model)  # the one decision of this run's model family (the run refuses a model or CLIP it cannot train)
         flux = family.flux
         if flux:
             require(NODE, *flux_uses(2))

@@ -57,8 +57,8 @@ def train_concept_lora(
     node_id: str | None = None,
 ) -> LoraRun:
     """Paper Algorithm 2 on a MODEL/CLIP/VAE. The incoming objects are left as they were; the LoRA
-    lives on a training clone only. `family`: the run's, decided once by ``family.describe(model, clip,
-    stage2=True)``, which refuses a model Stage 2 has no LoRA layout for and a CLIP of another family.
+    lives on a training clone only. `family`: the run's, decided once (``family.describe``); a model Stage 2 has
+    no LoRA layout for is refused first, then a CLIP whose text encoders are not the model's family's.
     `resume` continues a saved LoRA and its step count, if it was trained
     on these tokens and images (see resume_point). `previews`, if given, renders the incoming MODEL with the
     current adapters patched in as LoraLoader patches that step's file, every N steps (prism_core.host.previews).
@@ -69,6 +69,7 @@ def train_concept_lora(
     lora_family, flux, guided = family.lora, family.flux, family.reads_guidance
     if lora_family is None:
         raise ValueError(family.lora_refusal)
+    text.check_text_encoders(flux, text.encoder_widths(clip))
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
     learned_guidance = tokens.settings.get("guidance")

@@ -98,6 +98,25 @@ def test_adapters_never_import_nodes(path):
             pytest.fail(f"{path.relative_to(ROOT)} imports {'.' * level}{module}: arrows go nodes -> prism_core.host, never back")
 
 
+PACK_FILES = sorted((ROOT / "prism_core").rglob("*.py")) + NODE_FILES + [ROOT / "__init__.py"]
+
+
+def _exists(dotted: str) -> bool:
+    path = ROOT.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("path", PACK_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_imports_name_modules_that_exist(path):
+    """Every relative import of the pack names a module of it (or a name in one): a file moved into a sub-folder
+    without its importers following is caught here, before ComfyUI fails to load the pack."""
+    for level, module in imports(path):
+        if level:
+            target = resolved(path, level, module)
+            assert target and (_exists(target) or _exists(target.rpartition(".")[0])), (
+                f"{path.relative_to(ROOT)} imports {'.' * level}{module}: no such module in the pack")
+
+
 def test_the_check_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import comfy.model_management\nfrom .host import text\n")
@@ -107,6 +126,7 @@ def test_the_check_can_fail(tmp_path):
     assert resolved(nested, 2, "host.text") == "prism_core.host.text"
     assert resolved(nested, 2, "formats.token_bank") == "prism_core.formats.token_bank"
     assert resolved(ROOT / "prism_core" / "host" / "x.py", 3, "nodes.types") == "nodes.types"
+    assert not _exists("prism_core.host.pictures.previews") and _exists("prism_core.host.previews")
 
 
 OUTSIDE_INTERNALS = [p for p in ADAPTERS if INTERNALS not in p.parents] + NODE_FILES

@@ -32,8 +32,9 @@ from comfyui_conceptprism.prism_core.host.family import describe  # noqa: E402
 from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters  # noqa: E402
 from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
-from comfyui_conceptprism.prism_core.host.stage2 import (  # noqa: E402
-    ComfyStage2Backend, train_concept_lora, training_conditionings)
+from comfyui_conceptprism.prism_core.host.diffusion import training_conditionings  # noqa: E402
+from comfyui_conceptprism.prism_core.host.stage2 import train_concept_lora  # noqa: E402
+from comfyui_conceptprism.prism_core.host.stage2_backend import ComfyStage2Backend  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora  # noqa: E402
 
 GRID = 2 ** 24
