@@ -105,9 +105,11 @@ def describe(model: Any, clip: Any | None = None, stage2: bool = False) -> Model
     sd_lora = sd_lora_family(model)
     flux, guided = is_flux1(model), reads_guidance(model)
     if target == "flow" and not flux:
+        kind = type(model.model.model_config).__name__
         raise ValueError(
-            f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL is a flow model of another kind ({type(model.model).__name__}, "
-            "e.g. FLUX.2, SD3 or Chroma). Load a FLUX.1-dev or FLUX.1-schnell diffusion model, or an SD checkpoint.")
+            f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL is a flow model it does not train yet ({kind}"
+            f"{'' if kind == type(model.model).__name__ else f', {type(model.model).__name__}'}: e.g. Z-Image, FLUX.2, "
+            "SD3 or Chroma). Load a FLUX.1-dev or FLUX.1-schnell diffusion model, or an SD checkpoint.")
     # FLUX.1: the LoRA family follows the guidance embedding (dev reads guidance, schnell does not).
     lora = (BaseFamily("flux1" if guided else "flux1-schnell", False, "flux1",
                        "flux-1-dev/lora" if guided else "flux-1-schnell/lora") if flux else sd_lora)

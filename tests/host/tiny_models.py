@@ -120,6 +120,21 @@ def flux2_shaped() -> comfy.model_base.BaseModel:
     return config.get_model({})
 
 
+def zimage_shaped(seed: int = 0) -> comfy.model_base.BaseModel:
+    """A tiny Z-Image-shaped model (hosts with supported_models.ZImage, 0.3.75 on): the host's Z-Image config and
+    its Lumina2 / NextDiT classes with small sizes (dim 256, the least its modulation takes, 8 heads of
+    8 + 12 + 12 rope dims, a 64-wide caption input, 2 blocks), initialised. Only for refusal tests so far."""
+    config = comfy.supported_models.ZImage({
+        **comfy.supported_models.ZImage.unet_config, "patch_size": 2, "in_channels": 16, "dim": 256,
+        "cap_feat_dim": 64, "n_layers": 2, "n_refiner_layers": 1, "qk_norm": True, "n_heads": 8, "n_kv_heads": 8,
+        "axes_dims": [8, 12, 12], "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0,
+        "multiple_of": 32, "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32})
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    _init_(model.diffusion_model, seed)
+    return model
+
+
 def _unet_common(context_dim: int, channels: int) -> dict:
     return {"in_channels": 4, "out_channels": 4, "model_channels": channels, "num_res_blocks": [1, 1],
             "channel_mult": [1, 2], "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1],
