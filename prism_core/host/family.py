@@ -104,18 +104,18 @@ def describe(model: Any, clip: Any | None = None, stage2: bool = False) -> Model
     target = sampling_target(sampling)
     sd_lora = sd_lora_family(model)
     flux, guided = is_flux1(model), reads_guidance(model)
+    config_name = type(model.model.model_config).__name__
     if target == "flow" and not flux:
-        kind = type(model.model.model_config).__name__
+        names = ", ".join(dict.fromkeys([config_name, type(model.model).__name__]))  # "ZImage, Lumina2"; "Flux2" once
         raise ValueError(
-            f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL is a flow model it does not train yet ({kind}"
-            f"{'' if kind == type(model.model).__name__ else f', {type(model.model).__name__}'}: e.g. Z-Image, FLUX.2, "
-            "SD3 or Chroma). Load a FLUX.1-dev or FLUX.1-schnell diffusion model, or an SD checkpoint.")
+            f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL is a flow model it does not train yet ({names}: e.g. "
+            "Z-Image, FLUX.2, SD3 or Chroma). Load a FLUX.1-dev or FLUX.1-schnell diffusion model, or an SD checkpoint.")
     # FLUX.1: the LoRA family follows the guidance embedding (dev reads guidance, schnell does not).
     lora = (BaseFamily("flux1" if guided else "flux1-schnell", False, "flux1",
                        "flux-1-dev/lora" if guided else "flux-1-schnell/lora") if flux else sd_lora)
     refusal = "" if lora is not None else (
-        f"ConceptPrism Stage 2 supports SD1.x, SD2.x, SDXL and FLUX.1 (dev, schnell); this MODEL is "
-        f"{type(model.model.model_config).__name__}. Load one of those, or use the Stage 1 tokens (Prism Conditioning, "
+        f"ConceptPrism Stage 2 supports SD1.x, SD2.x, SDXL and FLUX.1 (dev, schnell); this MODEL is {config_name}. "
+        "Load one of those, or use the Stage 1 tokens (Prism Conditioning, "
         "Save Prism Embedding) without a LoRA.")
     if stage2 and lora is None:
         raise ValueError(refusal)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..formats.lora_file import BaseFamily
+from .family import describe
 from .internals.lora_adapters import flux_diffusers_map, lora_key_map
 from .internals.training_guard import uses_host_casts
 
@@ -108,5 +109,4 @@ def kohya_names(model: Any, family: BaseFamily, layer_names: list[str]) -> dict[
 def stage2_targets(model: Any) -> dict[str, LoraTarget]:
     """{target key: LoraTarget} of the layers Stage 2 adapts on `model`, for callers outside a run (tests,
     benchmarks); a run decides its family once and reads the key map once (lora_targets)."""
-    from .family import describe
     return lora_targets(model, describe(model, stage2=True).lora)

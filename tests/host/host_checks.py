@@ -73,3 +73,20 @@ def stage2_run(model):
     from comfyui_conceptprism.prism_core.host.lora_targets import lora_targets
     family = describe(model, stage2=True)
     return family, lora_targets(model, family.lora)
+
+
+def widget_defaults(node) -> dict:
+    """{input name: default} of every widget of `node` (required and optional) that has one: the values a graph
+    with untouched widgets sends."""
+    widgets = node.INPUT_TYPES()
+    return {k: v[1]["default"] for s in ("required", "optional") for k, v in widgets.get(s, {}).items() if "default" in v[1]}
+
+
+def random_concept(n: int = 3, seed: int = 0, captions: tuple[str, ...] | None = None):
+    """A concept set of `n` seeded random RES x RES images named 0.png, 1.png, ..., uncaptioned unless `captions`;
+    the pixels are inference tensors, as upstream IMAGE tensors are in a real run."""
+    from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        images = torch.rand(n, RES, RES, 3, generator=g)
+    return ConceptSet(images, tuple(f"{i}.png" for i in range(n)), captions or ("",) * n, RES, "test")

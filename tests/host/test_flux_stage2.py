@@ -18,10 +18,9 @@ import comfy.lora  # noqa: E402
 import comfy.model_management  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
-from host_checks import RES, host_outputs, module_state, stage2_run  # noqa: E402
+from host_checks import RES, host_outputs, module_state, random_concept, stage2_run  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
 from comfyui_conceptprism.prism_core.training.config import LoraConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.formats.lora_file import LoraWeights, read_lora  # noqa: E402
 from comfyui_conceptprism.prism_core.training.stage2 import step_losses  # noqa: E402
@@ -42,13 +41,6 @@ HIDDEN = 64  # the tiny FLUX's hidden size (tiny_models)
 # The test's own list of what is adapted, in the host's module names: double blocks' fused qkv (rows q, k, v of
 # both streams) and out projections, single blocks' linear1 (its first 3 * hidden rows only: q, k, v).
 ADAPTED_WEIGHT = re.compile(r"^diffusion_model\.(double_blocks\.\d+\.(img|txt)_attn\.(qkv|proj)|single_blocks\.\d+\.linear1)\.weight$")
-
-
-def _concept(n=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.inference_mode():
-        images = torch.rand(n, RES, RES, 3, generator=g)
-    return ConceptSet(images, tuple(f"{i}.png" for i in range(n)), ("",) * n, RES, "test")
 
 
 def _tokens(models, n=3, residual_length=1, seed=7):
@@ -86,7 +78,7 @@ def _step_losses(model, models, adapters, tokens, concept, checkpointing=False):
 def test_loss_equals_the_hosts_patching_of_the_saved_file_and_only_attention_is_adapted(family, tiny, embedding_root):
     import safetensors.torch
     models = tiny(family)
-    tokens, concept = _tokens(models), _concept()
+    tokens, concept = _tokens(models), random_concept()
     adapters = _randomised_adapters(models.model)
     names = {k: stage2_targets(models.model)[k].file_name for k in list(adapters)}
     weights = LoraWeights(lora_layers.adapter_tensors(adapters, names), {})
@@ -128,7 +120,7 @@ def test_loss_equals_the_hosts_patching_of_the_saved_file_and_only_attention_is_
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_adapter_gradients_equal_finite_differences(checkpointing, tiny):
     models = tiny("flux")
-    tokens, concept = _tokens(models), _concept()
+    tokens, concept = _tokens(models), random_concept()
     adapters = _randomised_adapters(models.model, seed=4)
     _, params = _step_losses(models.model, models, adapters, tokens, concept, checkpointing)
     # A slice of linear1, a slice of the text stream's fused qkv, a whole projection. (q and k gradients are
@@ -155,7 +147,7 @@ def test_adapter_gradients_equal_finite_differences(checkpointing, tiny):
 
 def test_node_output_saved_file_loraloader_strength_zero_and_untouched_model(tiny, lora_dir, caplog):
     models = tiny("flux")
-    tokens, concept = _tokens(models), _concept()
+    tokens, concept = _tokens(models), random_concept()
     before = host_outputs(models.model, models.clip)
     state = module_state(models.model.model)
     widgets = PrismLoRATrain.INPUT_TYPES()
@@ -195,20 +187,20 @@ def test_auto_preset_runs_the_reference_flux_values(tiny, monkeypatch):
     widgets = PrismLoRATrain.INPUT_TYPES()
     args = {k: v[1]["default"] for section in ("required", "optional") for k, v in widgets[section].items() if "default" in v[1]}
     with pytest.raises(Started):
-        PrismLoRATrain().train(models.model, models.clip, models.vae, _concept(), _tokens(models), **args)
+        PrismLoRATrain().train(models.model, models.clip, models.vae, random_concept(), _tokens(models), **args)
     config, options = seen[0]
     # checkpoint_every stays as set: 0 means off, a choice (the FLUX template sets the reference's 100)
     assert (config.learning_rate, config.weight_decay, config.steps, config.checkpoint_every, config.gradient_accumulation,
             config.rank, config.alpha) == (1e-4, 1e-4, 500, 0, 1, 4, 4.0)
     assert options.guidance == 3.5
     with pytest.raises(Started):  # a value the user changed is kept; the untouched ones still get FLUX's
-        PrismLoRATrain().train(models.model, models.clip, models.vae, _concept(), _tokens(models), **{**args, "steps": 300})
+        PrismLoRATrain().train(models.model, models.clip, models.vae, random_concept(), _tokens(models), **{**args, "steps": 300})
     assert (seen[1][0].steps, seen[1][0].learning_rate) == (300, 1e-4)
 
 
 def test_cancel_writes_nothing_checkpoints_and_resume(tiny, lora_dir, caplog):
     models = tiny("flux")
-    tokens, concept = _tokens(models), _concept()
+    tokens, concept = _tokens(models), random_concept()
     before = host_outputs(models.model, models.clip)
     state = module_state(models.model.model)
 
@@ -249,7 +241,7 @@ def test_fp8_stored_weights_train_as_their_float32_twin():
     fp8 = tiny_models.build("flux", 3, unet_dtype=torch.float8_e4m3fn)
     twin = tiny_models.build("flux", 3, rounded_like=torch.float8_e4m3fn)
     assert next(fp8.model.model.diffusion_model.double_blocks[0].img_attn.qkv.parameters()).dtype == torch.float8_e4m3fn
-    tokens, concept = _tokens(twin), _concept()
+    tokens, concept = _tokens(twin), random_concept()
     results = []
     for model in (fp8.model, twin.model):  # the same text encoder and VAE (the twin's) for both
         adapters = _randomised_adapters(model, seed=2)

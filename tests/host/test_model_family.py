@@ -15,24 +15,11 @@ from host_setup import require_host
 
 require_host()
 
-from host_checks import RES  # noqa: E402
+from host_checks import random_concept, widget_defaults  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
 from comfyui_conceptprism.prism_core.host import family as family_module, lora_targets, text  # noqa: E402
 from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens  # noqa: E402
-
-
-def _concept(n=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.inference_mode():
-        images = torch.rand(n, RES, RES, 3, generator=g)
-    return ConceptSet(images, tuple(f"{i}.png" for i in range(n)), ("",) * n, RES, "test")
-
-
-def _defaults(node):
-    widgets = node.INPUT_TYPES()
-    return {k: v[1]["default"] for s in ("required", "optional") for k, v in widgets.get(s, {}).items() if "default" in v[1]}
 
 
 @pytest.fixture
@@ -54,10 +41,10 @@ def decisions(monkeypatch):
 @pytest.mark.parametrize("family", ["sd15", "flux"])
 def test_one_family_decision_per_stage1_run(family, tiny, decisions):
     models = tiny(family)
-    args = {**_defaults(OptimizePrismTokens), "steps": 2, "preview_every": 1, "preview_steps": 1,
+    args = {**widget_defaults(OptimizePrismTokens), "steps": 2, "preview_every": 1, "preview_steps": 1,
             "preview_prompts": "a photo of [V]"}
     with torch.inference_mode():
-        OptimizePrismTokens().optimize(models.model, models.clip, models.vae, _concept(), **args)
+        OptimizePrismTokens().optimize(models.model, models.clip, models.vae, random_concept(2), **args)
     assert decisions == {"family": 1}
 
 
@@ -69,9 +56,9 @@ def test_one_family_decision_and_one_key_map_read_per_stage2_run(family, tiny, d
     tokens = PrismTokens({k: torch.randn(1, w, generator=g) * 0.05 for k, w in widths.items()},
                          {k: torch.randn(2, 1, w, generator=g) * 0.05 for k, w in widths.items()},
                          ["", ""], ["0.png", "1.png"], {"beta": 0.5}, LossHistory([1.0], [0.1]))
-    args = {**_defaults(PrismLoRATrain), "steps": 2, "checkpoint_every": 1, "checkpoint_prefix": "family/ck",
+    args = {**widget_defaults(PrismLoRATrain), "steps": 2, "checkpoint_every": 1, "checkpoint_prefix": "family/ck",
             "preview_every": 1, "preview_steps": 1, "preview_prompts": "a photo of [V]"}
     with torch.inference_mode():
-        PrismLoRATrain().train(models.model, models.clip, models.vae, _concept(), tokens, **args)
+        PrismLoRATrain().train(models.model, models.clip, models.vae, random_concept(2), tokens, **args)
     assert decisions == {"family": 1, "key map": 1}
     assert len(list(lora_dir.rglob("*.safetensors"))) == 1  # the step-1 checkpoint ran too (the last step is the output)

@@ -21,7 +21,7 @@ import comfy.utils  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
 from graph_helpers import CAPTURED, register_test_nodes, run_graph, stage1_graph, write_images  # noqa: E402
-from host_checks import RES, host_outputs, module_state  # noqa: E402
+from host_checks import RES, host_outputs, module_state, widget_defaults  # noqa: E402
 from comfyui_conceptprism.nodes.conditioning import PrismConditioning  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
@@ -51,18 +51,13 @@ def _tokens(models, n=3, seed=7):
                        [""] * n, [f"{i}.png" for i in range(n)], {}, LossHistory())
 
 
-def _defaults(node):
-    widgets = node.INPUT_TYPES()
-    return {k: v[1]["default"] for section in ("required", "optional") for k, v in widgets[section].items() if "default" in v[1]}
-
-
 def _stage1_args(**overrides):
-    return {**_defaults(OptimizePrismTokens), "residual_length": 2, "steps": 4, "gradient_accumulation": 2,
+    return {**widget_defaults(OptimizePrismTokens), "residual_length": 2, "steps": 4, "gradient_accumulation": 2,
             "learning_rate": 1e-2, **overrides}
 
 
 def _stage2_args(**overrides):
-    return {**_defaults(PrismLoRATrain), "steps": 4, "gradient_accumulation": 2, "learning_rate": 1e-2, **overrides}
+    return {**widget_defaults(PrismLoRATrain), "steps": 4, "gradient_accumulation": 2, "learning_rate": 1e-2, **overrides}
 
 
 @pytest.fixture

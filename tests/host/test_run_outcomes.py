@@ -99,13 +99,14 @@ def test_unwritable_checkpoint_folder_refuses_the_graph_before_stage_1(tiny, tmp
 def test_unwritable_checkpoint_folder_is_refused_before_step_1_when_the_node_runs(tiny, blocked, monkeypatch):
     """A prefix fed by a link is not known at validation: the node refuses before training starts."""
     import comfyui_conceptprism.nodes.lora_train as node_module
-    from test_stage2 import _concept, _tokens
+    from host_checks import random_concept
+    from test_stage2 import _tokens
     _point(monkeypatch, "loras", blocked)
     models = tiny("sd15")
     started = []
     monkeypatch.setattr(node_module, "train_concept_lora", lambda *a, **k: started.append(1))
     with torch.inference_mode(), pytest.raises(ValueError, match="is a file, not a folder"):
-        PrismLoRATrain().train(models.model, models.clip, models.vae, _concept(), _tokens(models),
+        PrismLoRATrain().train(models.model, models.clip, models.vae, random_concept(), _tokens(models),
                                **_defaults(PrismLoRATrain, checkpoint_every=40))
     assert not started
 

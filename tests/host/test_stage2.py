@@ -20,11 +20,10 @@ import nodes as host_nodes  # noqa: E402
 
 from conftest import FAMILIES  # noqa: E402
 from graph_helpers import CAPTURED, register_test_nodes, run_graph, stage1_graph, write_images  # noqa: E402
-from host_checks import RES, host_outputs, module_state, oracle_cond, oracle_eps, oracle_native, stage2_run  # noqa: E402
+from host_checks import RES, host_outputs, module_state, oracle_cond, oracle_eps, oracle_native, random_concept, stage2_run  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.nodes.loss_graph import PrismLossGraph  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
 from comfyui_conceptprism.prism_core.training.config import LoraConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.formats.lora_file import LoraWeights, read_lora, target_from_summary  # noqa: E402
 from comfyui_conceptprism.prism_core.training.stage2 import step_losses  # noqa: E402
@@ -42,13 +41,6 @@ from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora  # noqa:
 
 # The oracle's own definition of the layers the paper adapts (state-dict names, host layout).
 ATTENTION_WEIGHT = re.compile(r"^diffusion_model\..*\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.weight$")
-
-
-def _concept(n=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.inference_mode():  # upstream IMAGE tensors are inference tensors in a real run
-        images = torch.rand(n, RES, RES, 3, generator=g)
-    return ConceptSet(images, tuple(f"{i}.png" for i in range(n)), ("",) * n, RES, "test")
 
 
 def _tokens(models, n=3, residual_length=2, seed=7):
@@ -82,7 +74,7 @@ def test_loss_layers_and_training_prompts_equal_host_oracle(family, tiny, embedd
     embedding files, CLIPTextEncode's encoder, a host 'diff' weight patch and apply_model; only the
     attention projections carry adapters and only the adapters get gradients."""
     models = tiny(family)
-    tokens, concept = _tokens(models), _concept()
+    tokens, concept = _tokens(models), random_concept()
     sd_keys = [k for k in models.model.model.state_dict() if ATTENTION_WEIGHT.match(k)]
     adapters = _randomised_adapters(models, alpha=2.0)  # alpha != rank, so a wrong scale cannot hide
     assert sorted(f"{name}.weight" for name in adapters) == sorted(sd_keys) and len(sd_keys) % 8 == 0
@@ -135,7 +127,7 @@ def test_loss_layers_and_training_prompts_equal_host_oracle(family, tiny, embedd
 @pytest.mark.parametrize("family", FAMILIES)
 def test_node_output_saved_file_loraloader_and_untouched_incoming_model(family, tiny, lora_dir, caplog):
     models = tiny(family)
-    tokens, concept = _tokens(models), _concept()
+    tokens, concept = _tokens(models), random_concept()
     before = host_outputs(models.model, models.clip)
     state = module_state(models.model.model)
     weights_before = {k: v.clone() for k, v in models.model.model.state_dict().items()}
@@ -190,7 +182,7 @@ def test_node_output_saved_file_loraloader_and_untouched_incoming_model(family, 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny):
     models = tiny("sdxl")
-    tokens, concept = _tokens(models), _concept()
+    tokens, concept = _tokens(models), random_concept()
     steps = [MicroStep(0, (), (300,), 5), MicroStep(2, (), (700,), 6)]
     results = []
     for checkpointing in (False, True):
@@ -210,7 +202,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny):
 
 def test_steps_are_optimizer_updates_checkpoints_and_resume(tiny, lora_dir, monkeypatch):
     models = tiny("sd15")
-    tokens, concept = _tokens(models), _concept()
+    tokens, concept = _tokens(models), random_concept()
     calls = {"step": 0, "predict": 0}
     original_step, original_predict = torch.optim.AdamW.step, ComfyStage2Backend.predict
 
@@ -252,7 +244,7 @@ def test_steps_are_optimizer_updates_checkpoints_and_resume(tiny, lora_dir, monk
 
 def test_interrupted_training_writes_nothing_and_leaves_the_model_as_it_was(tiny, lora_dir):
     models = tiny("sd2v")
-    tokens, concept = _tokens(models), _concept()
+    tokens, concept = _tokens(models), random_concept()
     before = host_outputs(models.model, models.clip)
     state = module_state(models.model.model)
     seen = []
@@ -274,7 +266,7 @@ def test_interrupted_training_writes_nothing_and_leaves_the_model_as_it_was(tiny
 
 def test_errors_name_the_input_and_the_fix(tiny, lora_dir):
     sd15, xl = tiny("sd15"), tiny("sdxl")
-    concept = _concept()
+    concept = random_concept()
     with pytest.raises(ValueError, match=r"SD1\.x.*SDXL"):
         train_concept_lora(xl.model, xl.clip, xl.vae, concept, _tokens(sd15), LoraConfig(steps=1), family=describe(xl.model, stage2=True))
     with pytest.raises(ValueError, match="learned on 2 images but the concept set has 3"):
@@ -325,6 +317,6 @@ def test_checkpoint_prefix_outside_the_loras_folder_is_refused_before_training(t
     started = []
     monkeypatch.setattr(node_module, "train_concept_lora", lambda *a, **k: started.append(1))
     with torch.inference_mode(), pytest.raises(ValueError, match="checkpoint_prefix '../escape' points outside"):
-        PrismLoRATrain().train(models.model, models.clip, models.vae, _concept(), _tokens(models),
+        PrismLoRATrain().train(models.model, models.clip, models.vae, random_concept(), _tokens(models),
                                **_node_args(checkpoint_every=1, checkpoint_prefix="../escape"))
     assert not started and not list(lora_dir.parent.glob("escape*"))

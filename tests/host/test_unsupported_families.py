@@ -13,22 +13,10 @@ import comfy.model_patcher  # noqa: E402
 import comfy.supported_models  # noqa: E402
 
 import tiny_models  # noqa: E402
-from host_checks import RES  # noqa: E402
+from host_checks import random_concept, widget_defaults  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens  # noqa: E402
-from comfyui_conceptprism.prism_core.concept_input.concept_set import ConceptSet  # noqa: E402
 from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens  # noqa: E402
-
-
-def _defaults(node):
-    widgets = node.INPUT_TYPES()
-    return {k: v[1]["default"] for s in ("required", "optional") for k, v in widgets.get(s, {}).items() if "default" in v[1]}
-
-
-def _concept(n=2):
-    with torch.inference_mode():
-        images = torch.rand(n, RES, RES, 3, generator=torch.Generator().manual_seed(0))
-    return ConceptSet(images, tuple(f"{i}.png" for i in range(n)), ("",) * n, RES, "test")
 
 
 @pytest.fixture
@@ -44,11 +32,11 @@ def test_a_z_image_model_is_refused_by_both_training_nodes_before_any_work(zimag
     flux = tiny("flux")  # a CLIP and VAE the checks after the model's would otherwise refuse for other reasons
     state = {k: v.clone() for k, v in zimage.model.state_dict().items()}
     with torch.inference_mode(), pytest.raises(ValueError) as stage1:
-        OptimizePrismTokens().optimize(zimage, flux.clip, flux.vae, _concept(), **{**_defaults(OptimizePrismTokens), "steps": 1})
+        OptimizePrismTokens().optimize(zimage, flux.clip, flux.vae, random_concept(2), **{**widget_defaults(OptimizePrismTokens), "steps": 1})
     tokens = PrismTokens({"clip_l": torch.zeros(1, 768)}, {"clip_l": torch.zeros(2, 1, 768)}, ["", ""], ["0.png", "1.png"],
                          {}, LossHistory([1.0], [0.1]))
     with torch.inference_mode(), pytest.raises(ValueError) as stage2:
-        PrismLoRATrain().train(zimage, flux.clip, flux.vae, _concept(), tokens, **{**_defaults(PrismLoRATrain), "steps": 1})
+        PrismLoRATrain().train(zimage, flux.clip, flux.vae, random_concept(2), tokens, **{**widget_defaults(PrismLoRATrain), "steps": 1})
     for refused in (stage1, stage2):
         message = str(refused.value)
         assert "ZImage" in message and "does not train yet" in message and "Load a FLUX.1-dev" in message, message
