@@ -9,7 +9,7 @@ from ..prism_core.training.config import FLUX_LORA_DEFAULTS, LoraConfig, family_
 from ..prism_core.formats.lora_file import LoraWeights, read_lora, save_lora
 from ..prism_core.formats.names import checked_prefix
 from ..prism_core.host.folders import first_folder, refuse_unwritable_folder, validate_save_folder
-from ..prism_core.host.internals.contract import flux_uses, require, training_uses, validation_answer
+from ..prism_core.host.internals.contract import family_uses, require, training_uses, validation_answer
 from ..prism_core.host.runtime import step_reporter
 from ..prism_core.host.family import describe
 from ..prism_core.host.runtime import RunOptions
@@ -93,8 +93,7 @@ class PrismLoRATrain:
         require(NODE, *training_uses(2, gradient_checkpointing))
         family = describe(model)  # the one decision of this run's model family (the run refuses a model or CLIP it cannot train)
         flux = family.flux
-        if flux:
-            require(NODE, *flux_uses(2))
+        require(NODE, *family_uses(family.name, 2))
         config = LoraConfig(rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                             gradient_accumulation=gradient_accumulation, seed=seed, checkpoint_every=checkpoint_every)
         config = family_preset(config, family.presets, preset)

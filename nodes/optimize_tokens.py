@@ -5,7 +5,7 @@ from ..prism_core.training.config import FLUX_TOKEN_DEFAULTS, TokenConfig, help_
 from ..prism_core.host.family import describe
 from ..prism_core.host.runtime import RunOptions, step_reporter
 from ..prism_core.host.stage1 import family_config, learn_tokens
-from ..prism_core.host.internals.contract import flux_uses, require, training_uses, validation_answer
+from ..prism_core.host.internals.contract import family_uses, require, training_uses, validation_answer
 from .run_inputs import family_inputs, memory_inputs
 from .preview_inputs import PREVIEW_OUTPUT_TOOLTIP, preview_inputs, training_previews
 from .types import CATEGORY, CONCEPT_SET, PRISM_TOKENS
@@ -75,8 +75,7 @@ class OptimizePrismTokens:
                  unique_id=None):
         require(NODE, *training_uses(1, gradient_checkpointing))
         family = describe(model, clip)  # the one decision of this run's model family
-        if family.flux:
-            require(NODE, *flux_uses(1))
+        require(NODE, *family_uses(family.name, 1))
         config = TokenConfig(target_length=target_length, residual_length=residual_length, beta=beta,
                              exclusion_set_size=exclusion_set_size, learning_rate=learning_rate, steps=steps,
                              gradient_accumulation=gradient_accumulation, caption_init=caption_init, seed=seed)

@@ -57,13 +57,14 @@ def model_inputs(patcher: Any, cond: torch.Tensor, pooled: torch.Tensor | None, 
     """The model inputs one encoded prompt provides: c_crossattn [1, L, D] and the family's extras
     (SDXL: y [1, 2816] from the pooled output and the size conditioning, which follows the training
     resolution with crop 0; FLUX.1: y [1, 768] = CLIP-L's pooled output and guidance [1], which FLUX.1-dev
-    embeds and schnell ignores). guidance None: the host's default (3.5, as a sampler without FluxGuidance
+    embeds and schnell ignores; Z-Image: num_tokens, the int L, as the host derives it from an unpadded prompt).
+    guidance None: the host's default (3.5, as a sampler without FluxGuidance
     uses). Raises ValueError for models that need inputs the pack cannot provide (e.g. inpainting)."""
     extras = patcher.model.extra_conds(
         cross_attn=cond, pooled_output=pooled, width=resolution, height=resolution, target_width=resolution,
         target_height=resolution, crop_w=0, crop_h=0, device=device,
         **({"guidance": guidance} if guidance is not None else {}))
-    unsupported = set(extras) - {"c_crossattn", "y", "guidance"}
+    unsupported = set(extras) - {"c_crossattn", "y", "guidance", "num_tokens"}
     if unsupported:
         raise ValueError(f"ConceptPrism does not support models that need {sorted(unsupported)} (e.g. inpainting models).")
     return condition_tensors(extras)
@@ -110,7 +111,7 @@ class Predictor:
         """latents, noise: [B, C, H, W]; timesteps: B plan indices (`plan_sigmas`); cond: batched
         model inputs. Returns the native prediction [B, C, H, W] float32."""
         sigma, noisy, c_x, c_d = self._noised(latents, timesteps, noise)
-        inputs = {k: v.to(self.device) for k, v in cond.items()}
+        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
         denoised = self.patcher.model.apply_model(noisy, sigma, transformer_options=self.transformer_options, **inputs)
         return native_from_denoised(noisy, denoised.float(), c_x, c_d)
 
@@ -167,5 +168,5 @@ def training_conditionings(model: Any, clip: Any, tokens: PrismTokens, resolutio
         filled = text.bank_tokens(clip, tokens, "", reconstruction_prompt(i, has_residual).parts)
         cond, pooled = clip.encode_from_tokens(filled, return_pooled=True)
         inputs = model_inputs(model, cond, pooled, resolution, torch.device("cpu"), guidance)
-        conds.append({k: v.detach().cpu().clone() for k, v in inputs.items()})
+        conds.append({k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
     return conds

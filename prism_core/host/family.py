@@ -1,7 +1,7 @@
 """The model family, decided once per run from the MODEL (and CLIP) and asked by every node, loop and check.
 
-A family is what the pack needs to know to train a MODEL and to hand the result back: its native training
-target and timestep sampling, whether it reads FLUX.1's guidance input, its text encoders and their widths,
+A family is what the pack needs to know to train a MODEL and to hand the result back: its name (SD, FLUX.1,
+Z-Image), its native training target and timestep sampling, whether it reads FLUX.1's guidance input, its text encoders and their widths,
 which presets and frozen encoders apply, and (where Stage 2 supports it) the LoRA family its files are written
 for. `describe` decides all of it in one place; the stages and nodes take the `ModelFamily` it returns instead of
 asking the model again. Adding a family is one more case here plus its tests.
@@ -18,9 +18,9 @@ import comfy.supported_models
 from ..formats.lora_file import BaseFamily
 from ..training.schedule import FLOW_SIGMA_LEVELS
 from . import text
-from .internals.model_facts import is_flux1, reads_guidance
+from .internals.model_facts import is_flux1, is_zimage, reads_guidance
 
-TRAINED_FAMILIES = "SD1.x, SD2.x (incl. v-prediction), SDXL and FLUX.1 (dev, schnell)"
+TRAINED_FAMILIES = "SD1.x, SD2.x (incl. v-prediction), SDXL, FLUX.1 (dev, schnell) and Z-Image"
 
 # FLUX.1's CLIP-L rows stay fixed by default (as the reference FLUX trainer): T5 carries the concept.
 FLUX_FROZEN_ENCODERS = ("clip_l",)
@@ -38,12 +38,12 @@ SD_LORA_FAMILIES = [
 class ModelFamily:
     """What one run knows about its MODEL (and CLIP), decided by `describe`.
 
-    target: the native training target, "eps", "v" or "flow" (losses.native_coefficients); schedule_levels: how
+    name: "sd" (SD1.x, SD2.x, SDXL), "flux1" or "zimage"; target: the native training target, "eps", "v" or "flow" (losses.native_coefficients); schedule_levels: how
     many timestep indices a plan draws from; reads_guidance: FLUX.1-dev's guidance embedding is present;
     encoder_widths: {embedding key: input-embedding width} of the CLIP's text encoders (empty without a CLIP);
     lora: the family LoRA files are written for, None where Stage 2 has no entry (lora_refusal says why)."""
 
-    flux: bool
+    name: str
     target: str
     schedule_levels: int
     reads_guidance: bool
@@ -52,9 +52,16 @@ class ModelFamily:
     lora_refusal: str = ""
 
     @property
+    def flux(self) -> bool:
+        """FLUX.1 (dev or schnell)."""
+        return self.name == "flux1"
+
+    @property
     def presets(self) -> str:
-        """The key of the family's reference values in config.family_preset: "flux" (FLUX.1) or "sd"."""
-        return "flux" if self.flux else "sd"
+        """The key of the family's reference values in config.family_preset: "flux" for the flow transformers
+        (FLUX.1; Z-Image, whose paper-free defaults follow the reference FLUX trainer's: a flow DiT conditioned on
+        one large text encoder's states, as FLUX.1 on T5's) or "sd"."""
+        return "flux" if self.name in ("flux1", "zimage") else "sd"
 
     @property
     def frozen_encoders(self) -> tuple[str, ...]:
@@ -97,33 +104,37 @@ def describe(model: Any, clip: Any | None = None, stage2: bool = False) -> Model
     """The family of `model` (a MODEL patcher) with `clip`'s text encoders, decided once.
 
     Raises ValueError before any work for a model the pack does not train (sampling_target: EDM, x0; a flow model
-    that is not FLUX.1: FLUX.2, SD3, ...), with `stage2` for a model Stage 2 has no LoRA layout for (named before
+    that is neither FLUX.1 nor Z-Image: FLUX.2, SD3, ...), with `stage2` for a model Stage 2 has no LoRA layout for (named before
     the CLIP is checked), and for a CLIP whose text encoders are not the model's family's
     (text.check_text_encoders). The model's own questions come first, the CLIP's last, so each is asked once."""
     sampling = model.get_model_object("model_sampling")
     target = sampling_target(sampling)
     sd_lora = sd_lora_family(model)
-    flux, guided = is_flux1(model), reads_guidance(model)
+    flux, zimage, guided = is_flux1(model), is_zimage(model), reads_guidance(model)
     config_name = type(model.model.model_config).__name__
-    if target == "flow" and not flux:
+    if target == "flow" and not (flux or zimage):
         names = ", ".join(dict.fromkeys([config_name, type(model.model).__name__]))  # "ZImage, Lumina2"; "Flux2" once
         raise ValueError(
             f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL is a flow model it does not train yet ({names}: e.g. "
-            "Z-Image, FLUX.2, SD3 or Chroma). Load a FLUX.1-dev or FLUX.1-schnell diffusion model, or an SD checkpoint.")
+            "FLUX.2, SD3, Lumina 2 or Chroma). Load a FLUX.1-dev, FLUX.1-schnell or Z-Image diffusion model, or an SD "
+            "checkpoint.")
     # FLUX.1: the LoRA family follows the guidance embedding (dev reads guidance, schnell does not).
     lora = (BaseFamily("flux1" if guided else "flux1-schnell", False, "flux1",
-                       "flux-1-dev/lora" if guided else "flux-1-schnell/lora") if flux else sd_lora)
+                       "flux-1-dev/lora" if guided else "flux-1-schnell/lora") if flux
+            else BaseFamily("zimage", False, "zimage", "z-image/lora") if zimage else sd_lora)
+    name = "flux1" if flux else "zimage" if zimage else "sd"
     refusal = "" if lora is not None else (
-        f"ConceptPrism Stage 2 supports SD1.x, SD2.x, SDXL and FLUX.1 (dev, schnell); this MODEL is {config_name}. "
+        f"ConceptPrism Stage 2 supports SD1.x, SD2.x, SDXL, FLUX.1 (dev, schnell) and Z-Image; this MODEL is {config_name}. "
         "Load one of those, or use the Stage 1 tokens (Prism Conditioning, "
         "Save Prism Embedding) without a LoRA.")
     if stage2 and lora is None:
         raise ValueError(refusal)
     widths = text.encoder_widths(clip) if clip is not None else {}
     if clip is not None:
-        text.check_text_encoders(flux, widths)
+        text.check_text_encoders(name, widths)
     # eps and v models draw t ~ U{0..T-1} of their discrete schedule (paper Sec. 4.1); flow models draw sigma ~
-    # U(0, 1] on FLOW_SIGMA_LEVELS directly: FLUX's stored sigmas are shifted, so a uniform index would not be a
-    # uniform sigma.
+    # U(0, 1] on FLOW_SIGMA_LEVELS directly: FLUX's and Z-Image's stored sigmas are shifted (Z-Image: shift 3 in
+    # the host's ZImage config), so a uniform index would not be a uniform sigma. Uniform sigma is the paper's
+    # uniform t carried to flow matching, as for FLUX.1; the sampler's shift stays an inference setting.
     levels = FLOW_SIGMA_LEVELS if target == "flow" else int(sampling.sigmas.shape[0])
-    return ModelFamily(flux, target, levels, guided, widths, lora, refusal)
+    return ModelFamily(name, target, levels, guided, widths, lora, refusal)

@@ -2,10 +2,12 @@
 LoRA key maps (``comfy.lora.model_lora_keys_unet``, ``comfy.utils.flux_to_diffusers``) once per run, so every
 name written is one LoraLoader maps.
 
-Targets are keyed by a target key: SD: the module name ('diffusion_model.<...>.attn1.to_q'); FLUX.1: the
-diffusers name of the projection ('transformer_blocks.0.attn.to_q'), because ComfyUI holds FLUX attention as
-fused weights (img_attn.qkv = q, k, v rows; single blocks' linear1 = q, k, v + MLP-in rows) and q, k and v
-each get their own adapter on their row slice, as the reference's separate to_q/to_k/to_v LoRAs.
+Targets are keyed by a target key: SD: the module name ('diffusion_model.<...>.attn1.to_q'); FLUX.1 and
+Z-Image: the diffusers name of the projection ('transformer_blocks.0.attn.to_q', 'layers.0.attention.to_q'),
+because ComfyUI holds their attention as fused weights (FLUX: img_attn.qkv = q, k, v rows; single blocks'
+linear1 = q, k, v + MLP-in rows; Z-Image: attention.qkv) and q, k and v each get their own adapter on their row
+slice, as the reference's separate to_q/to_k/to_v LoRAs. Both read the host's map of diffusers names to those
+slices (FUSED_FAMILIES).
 """
 from __future__ import annotations
 
@@ -32,6 +34,12 @@ FLUX_ATTENTION_PROJECTION = re.compile(
 FLUX_LAYERS = ("double blocks: attention q, k, v, out and added q, k, v, out; single blocks: q, k, v "
                "(row slices of the fused qkv / linear1 weights)")
 
+# Z-Image, in the diffusers names the host's key map gives it (comfy.utils.z_image_to_diffusers): q, k, v and out
+# of the attention of every block: the main (image + text) blocks and the text and image refiner blocks.
+ZIMAGE_ATTENTION_PROJECTION = re.compile(r"^(layers|context_refiner|noise_refiner)\.\d+\.attention\.(to_q|to_k|to_v|to_out\.0)$")
+ZIMAGE_LAYERS = "main, context-refiner and noise-refiner blocks: attention q, k, v (row slices of the fused qkv weight), out"
+SD_LAYERS = "attention (to_q, to_k, to_v, to_out.0)"
+
 
 @dataclass(frozen=True)
 class LoraTarget:
@@ -57,30 +65,61 @@ def attention_projections(model: Any) -> list[str]:
     return names
 
 
-def flux_targets(model: Any) -> dict[str, LoraTarget]:
-    """{diffusers name: LoraTarget} for FLUX.1's attention projections (FLUX_ATTENTION_PROJECTION), from the
-    host's own diffusers map (comfy.utils.flux_to_diffusers, which its LoRA loader uses), named as its loader's
-    OneTrainer keys ('lora_transformer_transformer_blocks_0_attn_to_q')."""
+def _flux_names(model: Any) -> dict[str, Any]:
+    # comfy.utils.flux_to_diffusers, which the host's LoRA loader uses: "<name>.weight" -> weight key or slice
+    return {k[:-len(".weight")]: to for k, to in flux_diffusers_map(model).items() if k.endswith(".weight")}
+
+
+def _zimage_names(model: Any) -> dict[str, Any]:
+    # the host's LoRA key map holds Z-Image's diffusers names as "diffusion_model.<name>" (comfy/lora.py)
+    return {k[len("diffusion_model."):]: to for k, to in lora_key_map(model).items() if k.startswith("diffusion_model.")}
+
+
+# Families whose attention weights the host fuses: (diffusers names -> weight key or (key, (dim, offset, size))
+# read from the host's map, the names Stage 2 adapts, the name a layer gets in LoRA files (one the host's loader
+# maps: FLUX.1 as its OneTrainer keys, 'lora_transformer_transformer_blocks_0_attn_to_q'; Z-Image as its
+# diffusers keys, 'diffusion_model.layers.0.attention.to_q'), the layers as the LoRA header describes them).
+FUSED_FAMILIES = {
+    "flux1": (_flux_names, FLUX_ATTENTION_PROJECTION, lambda name: "lora_transformer_" + name.replace(".", "_"), FLUX_LAYERS),
+    "zimage": (_zimage_names, ZIMAGE_ATTENTION_PROJECTION, lambda name: "diffusion_model." + name, ZIMAGE_LAYERS),
+}
+
+
+def _fused_family(family: BaseFamily) -> str | None:
+    return "flux1" if family.name.startswith("flux") else family.name if family.name in FUSED_FAMILIES else None
+
+
+def adapted_layers(family: BaseFamily) -> str:
+    """Which layers Stage 2 adapts on `family`, as LoRA headers record it."""
+    fused = _fused_family(family)
+    return FUSED_FAMILIES[fused][3] if fused else SD_LAYERS
+
+
+def fused_targets(model: Any, fused: str) -> dict[str, LoraTarget]:
+    """{diffusers name: LoraTarget} for the attention projections of a family in FUSED_FAMILIES, from the host's own
+    map of diffusers names to weights and row slices (what its LoRA loader uses). Raises ValueError when the map
+    names none (not that family's layout)."""
+    read_names, adapted, file_name, _ = FUSED_FAMILIES[fused]
     weights = dict(model.model.named_parameters())
     targets = {}
-    for diffusers_key, to in flux_diffusers_map(model).items():
-        name = diffusers_key[:-len(".weight")] if diffusers_key.endswith(".weight") else None
-        if name is None or not FLUX_ATTENTION_PROJECTION.match(name):
+    for name, to in read_names(model).items():
+        if not adapted.match(name):
             continue
         weight_key, rows = (to[0], (to[1][1], to[1][2])) if isinstance(to, tuple) else (to, None)
         out_features, in_features = weights[weight_key].shape
-        targets[name] = LoraTarget(weight_key, rows, (rows[1] if rows else out_features, in_features),
-                                   "lora_transformer_" + name.replace(".", "_"))
+        targets[name] = LoraTarget(weight_key, rows, (rows[1] if rows else out_features, in_features), file_name(name))
     if not targets:
-        raise ValueError("This FLUX MODEL has no attention layers the host's LoRA map names; it is not a FLUX.1 layout.")
+        raise ValueError(f"This MODEL has no attention layers the host's LoRA map names for {fused}; it is not that "
+                         "family's layout.")
     return targets
 
 
 def lora_targets(model: Any, family: BaseFamily) -> dict[str, LoraTarget]:
     """{target key: LoraTarget} of the layers Stage 2 adapts on this MODEL of `family` (see the module docstring);
     the host's LoRA key map is read here, once per call: a run calls it once and passes the result on."""
-    if family.name.startswith("flux"):
-        return flux_targets(model)
+    fused = _fused_family(family)
+    if fused:
+        return fused_targets(model, fused)
     layers = attention_projections(model)
     modules = dict(model.model.named_modules())
     names = kohya_names(model, family, layers)

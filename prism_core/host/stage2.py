@@ -18,7 +18,7 @@ from . import lora_layers, text
 from .internals.lora_adapters import trainable_parameters
 from .diffusion import compute_dtype as resolve_dtype, dtype_name, encode_latents, training_conditionings
 from .family import ModelFamily
-from .lora_targets import FLUX_LAYERS, lora_targets
+from .lora_targets import adapted_layers, lora_targets
 from .stage2_backend import ComfyStage2Backend
 from .previews import TrainingPreviews
 from .stock_nodes import apply_lora
@@ -66,10 +66,10 @@ def train_concept_lora(
     when more than a few, warned about in the console and on node `node_id`; a run with every update skipped
     raises loss_scaling.NothingTrainedError. Guidance is recorded and compared only when the model reads it
     (model_facts.reads_guidance: FLUX.1-dev, not schnell)."""
-    lora_family, flux, guided = family.lora, family.flux, family.reads_guidance
+    lora_family, guided = family.lora, family.reads_guidance
     if lora_family is None:
         raise ValueError(family.lora_refusal)
-    text.check_text_encoders(flux, text.encoder_widths(clip))
+    text.check_text_encoders(family.name, text.encoder_widths(clip))
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
     learned_guidance = tokens.settings.get("guidance")
@@ -95,7 +95,7 @@ def train_concept_lora(
             log.info("ConceptPrism: resuming keeps the saved LoRA's rank %d and alpha %g (the rank/alpha inputs are not used).", rank, alpha)
         settings = {**config.to_dict(), "rank": rank, "alpha": alpha, "resolution": concept.resolution,
                     "training_dtype": training_dtype,
-                    "layers": FLUX_LAYERS if flux else "attention (to_q, to_k, to_v, to_out.0)",
+                    "layers": adapted_layers(lora_family),
                     "clip_layer": text.clip_layer(clip), "prediction_target": family.target,
                     **({"guidance": options.guidance} if guided else {})}
         skipped: list[int] = []  # this run's steps whose update float16 overflow skipped

@@ -20,7 +20,8 @@ from ..formats.token_bank import TARGET_SLOT, PrismTokens, is_slot, residual_slo
 from .internals.embedding_lookup import SlotRow, slot_lookup
 from .internals.text_encoders import (apply_clip_options, clip_layer_index, encode_chunk, encode_token_weights,
                                       encoder_keys, input_embedding_table, literal_chunk, tokenize_with_weights,
-                                      tokenizer_for)
+                                      tokenizer_for, word_ids)
+from .template_slots import TEMPLATE_ENCODERS, templated, tokenize_marked
 
 log = logging.getLogger("ConceptPrism")
 
@@ -30,6 +31,7 @@ FAMILY_NAMES = {
     ("clip_g", "clip_l"): "SDXL (clip_l + clip_g)",
     ("clip_l", "t5xxl"): "FLUX (clip_l + t5xxl)",
     ("clip_g", "clip_l", "t5xxl"): "SD3 (clip_l + clip_g + t5xxl)",
+    ("qwen3_4b",): "Z-Image (qwen3_4b)",
 }
 
 
@@ -51,8 +53,11 @@ def tokenize_with_slots(clip: Any, text: str, slot_lengths: dict[str, dict[str, 
     """Tokenize like ``clip.tokenize`` with ``embedding:<slot>`` words left as `SlotRow` placeholders.
 
     slot_lengths: slot name -> {embedding key: number of vectors}. Returns the host's token
-    structure {tokenizer key: [[(token | SlotRow, weight), ...] per 77-token chunk]}.
+    structure {tokenizer key: [[(token | SlotRow, weight), ...] per 77-token chunk]}. Chat-templated LLM encoders
+    (Z-Image's Qwen3-4B) place the words with markers instead of the host's parse (template_slots).
     """
+    if templated(clip):
+        return tokenize_marked(clip, text, slot_lengths)
     with slot_lookup(slot_lengths):
         return tokenize_with_weights(clip, text)
 
@@ -72,7 +77,10 @@ def bank_tokens(clip: Any, bank: PrismTokens, template: str, parts: tuple[str, .
     """
     slots = [part for part in parts if is_slot(part)]
     words = prompt_text(Prompt(parts), set(slots))
-    prompt = template.replace(placeholder, f" {words} ") if placeholder else words
+    # Spaces end the learned word for the host's embedding parse ("[V]'s"); a chat-templated prompt places it by
+    # marker (template_slots) and keeps the text as written, whose spaces an LLM's tokenizer reads.
+    pad = "" if templated(clip) else " "
+    prompt = template.replace(placeholder, f"{pad}{words}{pad}") if placeholder else words
     vectors = {slot: {k: v.detach().float() for k, v in bank.slot_vectors(slot).items()} for slot in slots}
     lengths = {slot: {k: v.shape[0] for k, v in vecs.items()} for slot, vecs in vectors.items()}
     return fill_slots(tokenize_with_slots(clip, prompt, lengths), vectors)
@@ -100,10 +108,22 @@ def caption_embedding(clip: Any, caption: str) -> dict[str, torch.Tensor]:
     diffusion model is conditioned on (the family's layer, or CLIPSetLastLayer's, as encode_from_tokens
     gives them), as the paper's Sec. 3.3 initialisation: the reference code's encoders return exactly
     what its UNet sees (its SD2.1 encoder is already cut to 23 layers). The caller has loaded the CLIP.
-    Raises ValueError for a caption with no tokens."""
+
+    Chat-templated LLM encoders (Z-Image's Qwen3-4B) get the mean of the caption tokens' input-embedding rows
+    instead: an LLM's hidden states are not in its input rows' space (their norms grow through the layers by
+    orders of magnitude, and a row that large would dominate every attention it enters), while the mean of
+    the rows is a point among the words the LLM reads, of at most a word's norm (the norm of a mean is at most
+    the mean of the norms). Raises ValueError for a caption with no tokens."""
     apply_clip_options(clip)
     out = {}
     for key in encoder_keys(clip):
+        if key in TEMPLATE_ENCODERS:
+            ids = word_ids(clip, key, caption)
+            if not ids:
+                raise ValueError(f"Caption '{caption}' has no tokens.")
+            table = input_embedding_table(clip, key)
+            out[key] = table[torch.tensor(ids, device=table.device)].float().mean(dim=0).cpu()
+            continue
         chunk, real = literal_chunk(tokenizer_for(clip, key), caption)
         if len(real) == 0:
             raise ValueError(f"Caption '{caption}' has no tokens.")
@@ -149,10 +169,18 @@ def check_family(clip: Any, keys: tuple[str, ...], widths: dict[str, int], what:
             "Load the checkpoint family the tokens were trained with, or train new tokens for this one.")
 
 
-def check_text_encoders(flux: bool, encoder_keys: set[str] | tuple[str, ...] | dict[str, int]) -> None:
-    """Raise ValueError, naming the fix, when the CLIP's text encoders (`encoder_keys`: clip_l, t5xxl, ...) are not
-    the MODEL's family's (`flux`: FLUX.1): FLUX.1 needs CLIP-L + T5-XXL, SD models have no T5."""
+def check_text_encoders(family: str, encoder_keys: set[str] | tuple[str, ...] | dict[str, int]) -> None:
+    """Raise ValueError, naming the fix, when the CLIP's text encoders (`encoder_keys`: clip_l, t5xxl, qwen3_4b, ...)
+    are not the MODEL's family's (`family`: family.ModelFamily.name): FLUX.1 needs CLIP-L + T5-XXL, Z-Image
+    Qwen3-4B, SD models CLIP only."""
     keys = set(encoder_keys)
+    if family == "zimage" and keys != {"qwen3_4b"}:
+        raise ValueError(f"This Z-Image MODEL needs its Qwen3-4B text encoder, but the CLIP has {sorted(keys)}. Load it "
+                         "with Load CLIP (type lumina2: qwen_3_4b.safetensors) and connect that CLIP.")
+    if family != "zimage" and "qwen3_4b" in keys:
+        raise ValueError(f"This MODEL is not Z-Image, but the CLIP is Z-Image's Qwen3-4B ({sorted(keys)}). Connect the "
+                         "text encoders of the model's own family.")
+    flux = family == "flux1"
     if flux and keys != {"clip_l", "t5xxl"}:
         raise ValueError(f"This FLUX.1 MODEL needs FLUX's text encoders (CLIP-L + T5-XXL), but the CLIP has {sorted(keys)}. "
                          "Load them with DualCLIPLoader (type flux: clip_l and t5xxl) and connect that CLIP.")

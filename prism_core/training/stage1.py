@@ -24,7 +24,7 @@ import torch
 
 from .config import TokenConfig
 from .loss_scaling import LossScaler, check_trained
-from .batching import Cond, batch_conds, chunk_ranges
+from .batching import Cond, batch_conds, batch_ranges, chunk_ranges
 from .losses import NonFiniteLossError, exclusion_loss, prism_loss, reconstruction_loss
 from .prompts import Prompt, SlotVectors, reconstruction_prompt, residual_prompt
 from .schedule import MicroStep, draw_noise, plan_micro_steps
@@ -106,7 +106,9 @@ def micro_step_losses(
     prompt_conds = [backend.encode(reconstruction_prompt(step.image, has_residual), vectors)]
     if anchors:
         prompt_conds.append(backend.encode(residual_prompt(step.image), vectors))
-    leaves = [{k: v.detach().requires_grad_(v.requires_grad) for k, v in c.items()} for c in prompt_conds]
+    # constants (Z-Image's num_tokens, an int) pass as they are
+    leaves = [{k: v.detach().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v for k, v in c.items()}
+              for c in prompt_conds]
     sample_conds = [leaves[0]] + [leaves[-1]] * len(anchors)
 
     targets = backend.target(latents[images[:1]], timesteps[:1], noise[:1]).float()
@@ -123,9 +125,9 @@ def micro_step_losses(
     # Eq. (5) is a sum over samples, so each chunk of samples contributes its part of L on its own: the
     # reconstruction sample's L_rec (Eq. 2), and its anchors' share of the mean in L_excl (Eq. 4).
     rec_value, excl_sum = math.nan, 0.0
-    leaf_tensors = [t for leaf in leaves for t in leaf.values() if t.requires_grad]
+    leaf_tensors = [t for leaf in leaves for t in leaf.values() if isinstance(t, torch.Tensor) and t.requires_grad]
     leaf_grads = [torch.zeros_like(t) for t in leaf_tensors]
-    for chunk in chunk_ranges(n, backend.max_batch):
+    for chunk in batch_ranges(sample_conds, backend.max_batch):
         idx = list(chunk)
         prediction = backend.predict(latents[[images[i] for i in idx]], [timesteps[i] for i in idx],
                                      noise[idx], batch_conds([sample_conds[i] for i in idx]))
@@ -149,7 +151,7 @@ def micro_step_losses(
         excl = math.inf
     if not math.isfinite(rec) or math.isinf(excl):
         return rec, excl  # the caller raises with the step number; no backward through NaNs
-    sources = [t for c in prompt_conds for t in c.values() if t.requires_grad]
+    sources = [t for c in prompt_conds for t in c.values() if isinstance(t, torch.Tensor) and t.requires_grad]
     torch.autograd.backward(sources, leaf_grads, inputs=params.all())
     return rec, excl
 

@@ -33,7 +33,7 @@ INTERNAL_ATTRIBUTES = {
     "weight_function", "cast_bias_weight", "is_dynamic", "move_weight_functions", "LoRAAdapter", "create_train",
     "to_train", "model_lora_keys_unet", "flux_to_diffusers", "should_use_fp16", "should_use_bf16",
     "supported_inference_dtypes", "IMAGE_ENCODERS", "validate_node_input", "unet_config", "cond",
-    "return_all_hidden_states", "visual_projection", "disable_dynamic"}
+    "return_all_hidden_states", "visual_projection", "disable_dynamic", "TransformerBlock", "in_training"}
 THIRD_PARTY_ALLOWED = {"torch", "safetensors", "numpy", "PIL"}
 HOST_MODULES = {"comfy", "comfy_extras", "comfy_api", "comfy_execution", "folder_paths", "server", "execution", "nodes", "node_helpers"}
 

@@ -202,6 +202,80 @@ def test_t5_layers(tiny):
             _out_of_place_equals_host(layer, width, call, attention)
 
 
+# --- Z-Image ------------------------------------------------------------------------------------------------
+
+def _zimage(tiny: Any) -> Any:
+    import comfy.supported_models
+    if not hasattr(comfy.supported_models, "ZImage"):
+        pytest.skip("this ComfyUI release has no Z-Image")
+    return tiny("zimage")
+
+
+def test_qwen3_block(tiny):
+    """The out-of-place rewrite of Qwen3's block computes the host's block exactly on the inputs the host's own
+    encoder gives it (its mask, RoPE and attention function), leaves the states it was given unwritten, returns what
+    the host's returns (0.33.0: states and key/value cache) and hands an argument a newer host adds to attention."""
+    import comfy.text_encoders.llama as llama
+    with guarding("comfy.text_encoders.llama.TransformerBlock"):
+        clip = _zimage(tiny).clip
+        block = _first(clip.cond_stage_model, llama.TransformerBlock)
+        seen: list = []
+        hook = block.register_forward_pre_hook(lambda m, a, k: seen.append(_copied(a, k)), with_kwargs=True)
+        try:
+            with torch.no_grad():
+                clip.encode_from_tokens(clip.tokenize("a red ball on the grass"))
+        finally:
+            hook.remove()
+        args, kwargs = seen[0]
+        x = kwargs.pop("x") if "x" in kwargs else args.pop(0)
+        host_forward = type(block).forward
+        with torch.no_grad():
+            host = host_forward(block, x.clone(), *args, **kwargs)
+            out_of_place.out_of_place_text_layers(torch.nn.ModuleList([block]))
+            try:
+                given = x.clone()
+                ours = block.forward(given, *args, **kwargs)
+                recorder = _Recorder(block.self_attn)
+                with _swapped(block, "self_attn", recorder):
+                    block.forward(x.clone(), *args, **kwargs, extra_from_a_newer_host=1)
+            finally:
+                del block.forward
+        assert type(ours) is type(host)
+        for a, b in zip(host if isinstance(host, tuple) else (host,), ours if isinstance(ours, tuple) else (ours,)):
+            if isinstance(a, torch.Tensor):
+                torch.testing.assert_close(b, a, rtol=0, atol=0)
+        assert torch.equal(given, x)
+        assert recorder.calls and recorder.calls[-1][1].get("extra_from_a_newer_host") == 1, recorder.calls
+
+
+def test_training_switch(tiny):
+    """While training, the host's switch is on where it has one and Z-Image's attention backpropagates; on a host
+    with the switch, the same backward with it off fails (0.33.0 runs q/k norm + RoPE in comfy-kitchen's fused
+    kernel, which has no backward); it is put back after."""
+    with guarding("comfy.model_management.in_training"):
+        models = _zimage(tiny)
+        before = getattr(comfy.model_management, "in_training", None)
+        cond = models.clip.encode_from_tokens(models.clip.tokenize("a red ball")).clone()
+        z = torch.randn(1, 16, RES // 8, RES // 8, generator=torch.Generator().manual_seed(1))
+
+        def gradient(switch_off: bool) -> torch.Tensor:
+            with torch.inference_mode(False), training_guard.loaded_training_clones(models.model) as (model, _):
+                assert getattr(comfy.model_management, "in_training", None) is (None if before is None else True)
+                if switch_off:
+                    comfy.model_management.in_training = False
+                x = z.clone().requires_grad_(True)
+                out = model.model.apply_model(x, torch.tensor([0.5]), c_crossattn=cond, num_tokens=cond.shape[1])
+                out.float().square().mean().backward()
+                return x.grad
+        grad = gradient(False)
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+        assert getattr(comfy.model_management, "in_training", None) == before
+        if before is not None:
+            with pytest.raises(Exception):  # noqa: B017 - whatever the fused kernel raises without a backward
+                gradient(True)
+            assert comfy.model_management.in_training == before
+
+
 # --- FLUX ---------------------------------------------------------------------------------------------------
 
 def _copied(args: tuple, kwargs: dict) -> tuple[list, dict]:

@@ -8,6 +8,7 @@ inference tensors exactly as in a real run.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 
@@ -120,19 +121,45 @@ def flux2_shaped() -> comfy.model_base.BaseModel:
     return config.get_model({})
 
 
-def zimage_shaped(seed: int = 0) -> comfy.model_base.BaseModel:
-    """A tiny Z-Image-shaped model (hosts with supported_models.ZImage, 0.3.75 on): the host's Z-Image config and
+def zimage_shaped(seed: int = 0, dtype: torch.dtype = torch.float32, cap_feat_dim: int = 64) -> comfy.model_base.BaseModel:
+    """A tiny Z-Image transformer (hosts with supported_models.ZImage, 0.3.75 on): the host's Z-Image config and
     its Lumina2 / NextDiT classes with small sizes (dim 256, the least its modulation takes, 8 heads of
-    8 + 12 + 12 rope dims, a 64-wide caption input, 2 blocks), initialised. Only for refusal tests so far."""
+    8 + 12 + 12 rope dims, a `cap_feat_dim`-wide caption input = the text encoder's width, 2 blocks and one
+    refiner block per stream), weights stored in `dtype` (fp8: with float32 manual cast, as the host's loader
+    pairs it), not yet initialised (`build` does, `_init_`)."""
     config = comfy.supported_models.ZImage({
         **comfy.supported_models.ZImage.unet_config, "patch_size": 2, "in_channels": 16, "dim": 256,
-        "cap_feat_dim": 64, "n_layers": 2, "n_refiner_layers": 1, "qk_norm": True, "n_heads": 8, "n_kv_heads": 8,
+        "cap_feat_dim": cap_feat_dim, "n_layers": 2, "n_refiner_layers": 1, "qk_norm": True, "n_heads": 8, "n_kv_heads": 8,
         "axes_dims": [8, 12, 12], "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0,
         "multiple_of": 32, "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32})
+    config.set_inference_dtype(dtype, torch.float32 if dtype.itemsize == 1 else None)
+    return config.get_model({})
+
+
+def lumina2_shaped(seed: int = 0) -> comfy.model_base.BaseModel:
+    """A tiny Lumina Image 2.0 transformer (the host's Lumina2 config, Z-Image's parent, on every release): NextDiT
+    with the sizes of `zimage_shaped` and only the settings this host's NextDiT takes (Z-Image's own came with
+    0.3.75), initialised. Only for refusal tests: the pack does not train it."""
+    import inspect
+    import comfy.ldm.lumina.model
+    accepted = inspect.signature(comfy.ldm.lumina.model.NextDiT.__init__).parameters
+    wanted = {"patch_size": 2, "in_channels": 16, "dim": 256, "cap_feat_dim": 64, "n_layers": 2, "n_refiner_layers": 1,
+              "qk_norm": True, "n_heads": 8, "n_kv_heads": 8, "axes_dims": [8, 12, 12], "axes_lens": [1536, 512, 512],
+              "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0, "multiple_of": 32}
+    config = comfy.supported_models.Lumina2({**comfy.supported_models.Lumina2.unet_config,
+                                             **{k: v for k, v in wanted.items() if k in accepted}})
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     _init_(model.diffusion_model, seed)
     return model
+
+
+def _qwen3_config(width: int) -> dict:
+    """Qwen3-4B's text-model config (comfy/text_encoders/llama.py Qwen3_4BConfig) with a small width: 3 layers
+    (the host conditions on the second to last), 2 query heads sharing 1 key/value head; its head width (128),
+    RoPE and the real 151,936-row vocabulary stay."""
+    return {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 3, "num_attention_heads": 2,
+            "num_key_value_heads": 1}
 
 
 def _unet_common(context_dim: int, channels: int) -> dict:
@@ -143,13 +170,14 @@ def _unet_common(context_dim: int, channels: int) -> dict:
 
 
 def build(family: str, seed: int = 0, embedding_directory: str | None = None, unet_dtype: torch.dtype = torch.float32,
-          clip_dtype: torch.dtype | None = None, rounded_like: torch.dtype | None = None, t5_width: int = 64) -> TinyModels:
+          clip_dtype: torch.dtype | None = None, rounded_like: torch.dtype | None = None, t5_width: int = 64, qwen_width: int = 64) -> TinyModels:
     """Tiny models of `family`. unet_dtype / clip_dtype: how weights are stored (clip_dtype None: the host's
     default text-encoder dtype, float16 even on the CPU). rounded_like: with float32 storage, hold exactly
     the values a model stored in that dtype holds (a float32 twin of a float16/bfloat16 build).
     Families: "sd15", "sd2v", "sdxl", "flux" (FLUX.1-dev shaped: guidance embedding, ModelSamplingFlux) and
-    "flux-schnell" (no guidance embedding, discrete flow sampling); t5_width: the FLUX T5's width (its
-    vocabulary stays the real 32,128 rows)."""
+    "flux-schnell" (no guidance embedding, discrete flow sampling), "zimage" (Z-Image: NextDiT + Qwen3 with the
+    real tokenizer and chat template); t5_width / qwen_width: the FLUX T5's / Z-Image Qwen3's width (their
+    vocabularies stay the real 32,128 / 151,936 rows)."""
     clip_options = {"dtype": clip_dtype} if clip_dtype is not None else {}
     with torch.inference_mode():
         if family == "sd15":
@@ -178,13 +206,19 @@ def build(family: str, seed: int = 0, embedding_directory: str | None = None, un
                                  embedding_directory=embedding_directory,
                                  model_options={**clip_options, "clip_l_model_config": _clip_config(768, 2, 12),
                                                 "t5xxl_model_config": _t5_config(t5_width)})
+        elif family == "zimage":
+            z_image = importlib.import_module("comfy.text_encoders.z_image")  # 0.3.75 on
+            unet = zimage_shaped(seed, unet_dtype, cap_feat_dim=qwen_width)
+            clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(z_image.ZImageTokenizer, z_image.te()),
+                                 embedding_directory=embedding_directory,
+                                 model_options={**clip_options, "qwen3_4b_model_config": _qwen3_config(qwen_width)})
         else:
             raise ValueError(family)
         _init_(unet.diffusion_model, seed, rounded_like)
         _init_(clip.cond_stage_model, seed + 1, rounded_like)
         device = comfy.model_management.get_torch_device()
         model = comfy.model_patcher.ModelPatcher(unet, load_device=device, offload_device=device)
-        vae = _vae(seed + 2, 16 if family.startswith("flux") else 4)
+        vae = _vae(seed + 2, 16 if family.startswith("flux") or family == "zimage" else 4)
     return TinyModels(family, model, clip, vae)
 
 

@@ -35,12 +35,15 @@ TEXT_TRAINING = "text_training"    # Stage 1: gradients through the text encoder
 FLUX_TEXT_TRAINING = "flux_text_training"  # Stage 1 on FLUX.1: gradients through T5 too
 TRAINING = "training"              # both stages: training clones of frozen host models
 FLUX_TRAINING = "flux_training"    # either stage on FLUX.1
+ZIMAGE_TEXT_TRAINING = "zimage_text_training"  # Stage 1 on Z-Image: gradients through Qwen3-4B
+ZIMAGE_TRAINING = "zimage_training"  # either stage on Z-Image
 CHECKPOINTING = "checkpointing"    # gradient checkpointing on
 LORA = "lora"                      # Stage 2: trainable adapters and their names in LoRA files
 SCORING = "scoring"                # CLIP-T and CLIP-I (Concept Score, the sweep)
 DINO = "dino"                      # the DINO metric, where a DINOv2 model is connected
 LINKS = "links"                    # Load Concept Set's link-type check, where an input is linked
-USES = (TOKENS, TEXT_TRAINING, FLUX_TEXT_TRAINING, TRAINING, FLUX_TRAINING, CHECKPOINTING, LORA, SCORING, DINO, LINKS)
+USES = (TOKENS, TEXT_TRAINING, FLUX_TEXT_TRAINING, TRAINING, FLUX_TRAINING, ZIMAGE_TEXT_TRAINING, ZIMAGE_TRAINING,
+        CHECKPOINTING, LORA, SCORING, DINO, LINKS)
 # The modules a ComfyUI install's own symbols live in: a symbol found elsewhere was replaced by another custom node.
 HOST_PACKAGES = ("comfy", "comfy_extras", "comfy_execution", "comfy_api", "nodes", "node_helpers", "folder_paths")
 
@@ -189,6 +192,35 @@ def _probe_flux_guidance() -> str | None:
     return "FLUX's transformer has neither params.guidance_embed nor guidance_in"
 
 
+# What Qwen3's block (comfy/text_encoders/llama.py TransformerBlock) reads: its four sub-modules, and in
+# ComfyUI 0.33.0 torch.add for the residual it writes into its input (the pack's rewrite adds out of place).
+QWEN3_BLOCK_MODULES = {"self_attn", "input_layernorm", "mlp", "post_attention_layernorm"}
+
+
+def _probe_qwen3_block() -> str | None:
+    import comfy.text_encoders.llama as llama
+    read = _names_read(llama.TransformerBlock.forward)
+    unexpected = read - QWEN3_BLOCK_MODULES - {"torch", "add"}
+    if not QWEN3_BLOCK_MODULES <= read or unexpected:
+        return (f"its forward now reads {sorted(read)} where the pack's out-of-place rewrite computes "
+                f"{sorted(QWEN3_BLOCK_MODULES)}")
+    return None
+
+
+def _probe_training_switch() -> str | None:
+    import comfy.ldm.lumina.model as lumina
+    import comfy.model_management as mm
+    # Z-Image's attention may run q/k norm + RoPE in comfy-kitchen's fused kernel (no backward); the releases that
+    # do (0.33.0) take the plain path while in_training is set, the ones before compute it in plain torch.
+    read = _names_read(lumina.JointAttention.forward)
+    fused = {n for n in read if n in ("ck", "rms_rope", "rms_rope1", "quant_ops")}
+    if not fused:
+        return None
+    if "in_training" not in read or not isinstance(getattr(mm, "in_training", None), bool):
+        return f"Z-Image attention calls comfy-kitchen's fused kernels ({sorted(fused)}) without the in_training switch"
+    return None
+
+
 def _probe_checkpointing() -> str | None:
     import comfy_extras.nodes_train as nodes_train
     absent = [n for n in ("find_all_highest_child_module_with_forward", "patch") if not callable(getattr(nodes_train, n, None))]
@@ -316,8 +348,14 @@ INTERNALS: tuple[Internal, ...] = (
              "training: comfy-kitchen's op has no backward", _uses(FLUX_TRAINING), "test_flux_rope", _probe_flux_rope),
     Internal("comfy.ldm.flux.model.FluxParams.guidance_embed", "to tell whether FLUX.1 reads the guidance input "
              "(dev) or not (schnell)", _uses(FLUX_TRAINING), "test_flux_guidance", _probe_flux_guidance),
+    Internal("comfy.text_encoders.llama.TransformerBlock", "to give Qwen3's blocks (Z-Image's text encoder) an "
+             "out-of-place forward while training: 0.33.0's adds its MLP residual into its input",
+             _uses(ZIMAGE_TEXT_TRAINING), "test_qwen3_block", _probe_qwen3_block),
+    Internal("comfy.model_management.in_training", "to switch Z-Image's (and FLUX's) RoPE and q/k norm from "
+             "comfy-kitchen's fused kernels, which have no backward, to the host's plain-torch path while training",
+             _uses(ZIMAGE_TRAINING), "test_training_switch", _probe_training_switch),
     Internal("comfy_extras.nodes_train.find_all_highest_child_module_with_forward / patch", "to checkpoint the "
-             "top-level blocks as the host's Train LoRA node does", _uses(CHECKPOINTING), "test_checkpointing_helpers",
+             "top-level blocks (and the text encoders' layers) as the host's Train LoRA node does", _uses(CHECKPOINTING), "test_checkpointing_helpers",
              _probe_checkpointing),
     Internal("comfy.model_patcher.ModelPatcher.add_weight_wrapper", "to give training clones weight wrappers "
              "(copies of inference-tensor weights, LoRA adapters) and a compute dtype, applied by comfy.ops.cast_bias_weight",
@@ -344,14 +382,19 @@ INTERNALS: tuple[Internal, ...] = (
 
 def training_uses(stage: int, checkpointing: bool) -> tuple[str, ...]:
     """The uses a training node needs before it reads its model: Stage 1 (`stage` 1) trains through the text
-    encoders, Stage 2 trains LoRA adapters; gradient checkpointing adds its own. A FLUX.1 model adds
-    `flux_uses`, asked once the family is known."""
+    encoders, Stage 2 trains LoRA adapters; gradient checkpointing adds its own. A FLUX.1 or Z-Image model adds
+    `family_uses`, asked once the family is known."""
     return (TOKENS, TRAINING, TEXT_TRAINING if stage == 1 else LORA, *((CHECKPOINTING,) if checkpointing else ()))
 
 
-def flux_uses(stage: int) -> tuple[str, ...]:
-    """What a FLUX.1 model adds: its blocks and RoPE, and in Stage 1 its T5."""
-    return (FLUX_TRAINING, FLUX_TEXT_TRAINING) if stage == 1 else (FLUX_TRAINING,)
+def family_uses(family: str, stage: int) -> tuple[str, ...]:
+    """What a model family (family.ModelFamily.name) adds: FLUX.1 its blocks and RoPE, and in Stage 1 its T5;
+    Z-Image the training switch, and in Stage 1 its Qwen3 blocks; SD nothing."""
+    if family == "flux1":
+        return (FLUX_TRAINING, FLUX_TEXT_TRAINING) if stage == 1 else (FLUX_TRAINING,)
+    if family == "zimage":
+        return (ZIMAGE_TRAINING, ZIMAGE_TEXT_TRAINING) if stage == 1 else (ZIMAGE_TRAINING,)
+    return ()
 
 
 def comfyui_version() -> str:

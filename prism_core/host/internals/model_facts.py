@@ -1,5 +1,5 @@
-"""What the host knows about a loaded model beyond its public surface: whether it is FLUX.1 (its config's image
-model), the compute dtypes its config allows, which of them a device runs, whether a FLUX transformer reads a
+"""What the host knows about a loaded model beyond its public surface: whether it is FLUX.1 or Z-Image (its
+config's class and image model), the compute dtypes its config allows, which of them a device runs, whether a FLUX transformer reads a
 guidance input, and the tensors its conditioning objects wrap. contract.py detects each
 by feature; tests/host/test_host_contract.py guards them."""
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 
 import comfy.model_base
 import comfy.model_management
+import comfy.supported_models
 
 # The host's own default order (comfy.supported_models_base.BASE.supported_inference_dtypes), for a model
 # config that does not say.
@@ -60,7 +61,18 @@ def is_flux1(patcher: Any) -> bool:
     return isinstance(model, comfy.model_base.Flux) and type(model).__name__ == "Flux" and image_model == "flux"
 
 
-def condition_tensors(extras: dict[str, Any]) -> dict[str, torch.Tensor]:
+def is_zimage(patcher: Any) -> bool:
+    """Z-Image (Turbo, Base): the host's Z-Image config (``comfy.supported_models.ZImage``, ComfyUI 0.3.75 on) on its
+    model_base.Lumina2 with the NextDiT of image model "lumina2". Lumina Image 2.0 (the parent config, a Gemma
+    encoder), Z-Image's pixel-space variant (image model "zimage_pixel") and hosts without Z-Image are not."""
+    config_class = getattr(comfy.supported_models, "ZImage", None)
+    model = patcher.model
+    config = getattr(model, "model_config", None)
+    return (config_class is not None and isinstance(config, config_class) and type(model).__name__ == "Lumina2"
+            and getattr(config, "unet_config", {}).get("image_model") == "lumina2")
+
+
+def condition_tensors(extras: dict[str, Any]) -> dict[str, Any]:
     """{model input name: tensor} of ``BaseModel.extra_conds``' result (``comfy.conds.CONDRegular`` objects
-    holding their tensor as ``.cond``)."""
+    holding their tensor as ``.cond``; a ``CONDConstant`` holds a plain value, e.g. Z-Image's num_tokens, an int)."""
     return {key: value.cond for key, value in extras.items()}

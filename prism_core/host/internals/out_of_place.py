@@ -5,22 +5,28 @@ comfy/text_encoders/t5.py ~68 and ~177, comfy/ldm/flux/layers.py ~200-260 and ~2
 tensor being added to (a norm read it), so backward either fails ("modified by an inplace operation") or,
 under gradient checkpointing, recomputes a block from an input that was overwritten and returns a wrong
 gradient (62% off, measured on ComfyUI v0.3.64 by comparing with finite differences). Everything here computes the host's arithmetic unchanged:
-- CLIP and T5 layers get out-of-place forwards (the host's one-line residual blocks, rewritten with ``+``);
+- CLIP and T5 layers and Qwen3's blocks (Z-Image's encoder, comfy/text_encoders/llama.py, whose 0.33.0 form adds
+  its MLP residual into its input with ``torch.add(..., out=...)``) get out-of-place forwards (the host's residual
+  blocks, rewritten with ``+``);
 - FLUX blocks keep the host's own forward (it changes between releases), but each works on copies of its
   residual-stream inputs, and each norm that reads the residual stream normalises a copy, so no tensor
   autograd saved (or checkpointing keeps for its recompute) is ever written to;
 - v0.8.0 routes FLUX RoPE through comfy-kitchen's ``apply_rope``, a custom op with no autograd formula:
-  `differentiable_rope` swaps in the host's own plain-torch formula (its math.py fallback) meanwhile.
+  `differentiable_rope` swaps in the host's own plain-torch formula (its math.py fallback) meanwhile; 0.33.0 has
+  a switch of its own for this (``in_training``), which `host_training_mode` turns on.
 Instance attributes are put back by training_guard.restore_modules, the RoPE function by its context manager.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Callable, Iterator
 
 import torch
 
 import comfy.clip_model
+import comfy.model_management
+import comfy.text_encoders.llama
 import comfy.text_encoders.t5
 
 
@@ -48,12 +54,34 @@ def _t5_self_attention(layer: comfy.text_encoders.t5.T5LayerSelfAttention) -> Ca
     return forward
 
 
+def _llama_block(layer: comfy.text_encoders.llama.TransformerBlock) -> Callable:
+    # Qwen3's block (Z-Image's encoder). 0.3.75's returns the states; 0.33.0's writes the MLP residual into its
+    # input (torch.add(residual, x, out=output)) and returns (states, key/value cache) as its attention does. The
+    # host calls it with keywords named as its parameters, which its attention takes under the same names.
+    names = list(inspect.signature(type(layer).forward).parameters)[2:]  # after self, x
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        named = {**dict(zip(names, args)), **kwargs}
+        attention = layer.self_attn(hidden_states=layer.input_layernorm(x), **named)
+        attention, rest = (attention[0], attention[1:]) if isinstance(attention, tuple) else (attention, None)
+        x = x + attention
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return x if rest is None else (x, *rest)
+    return forward
+
+
 def _text_layers() -> list[tuple[type, Callable]]:
     """(host layer class, out-of-place forward maker), read when used: a host without one of the classes still
     loads the pack (contract.require refuses the nodes that need it)."""
     classes = ((comfy.clip_model, "CLIPLayer", _clip_layer_forward), (comfy.text_encoders.t5, "T5LayerFF", _t5_feed_forward),
-               (comfy.text_encoders.t5, "T5LayerSelfAttention", _t5_self_attention))
+               (comfy.text_encoders.t5, "T5LayerSelfAttention", _t5_self_attention),
+               (comfy.text_encoders.llama, "TransformerBlock", _llama_block))
     return [(getattr(module, name), make) for module, name, make in classes if hasattr(module, name)]
+
+
+def text_layer_classes() -> tuple[type, ...]:
+    """The host's text-encoder residual layer classes this module rewrites (CLIPLayer, T5's two, Qwen3's block)."""
+    return tuple(layer_class for layer_class, _ in _text_layers())
 
 
 def _close(expected: Any, got: Any) -> bool:
@@ -158,6 +186,23 @@ def _apply_rope1(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
 def plain_apply_rope(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE on queries and keys [B, H, L, D] with the frequency tensor [B?, 1, L, D/2, 2, 2], differentiable."""
     return _apply_rope1(xq, freqs_cis), _apply_rope1(xk, freqs_cis)
+
+
+@contextlib.contextmanager
+def host_training_mode() -> Iterator[None]:
+    """While open, the host's own training switch is on where it has one (``comfy.model_management.in_training``,
+    which its Train LoRA node sets; ComfyUI 0.33.0 reads it to run RoPE and Z-Image's q/k norm + RoPE in plain
+    torch instead of comfy-kitchen's fused kernels, which have no backward); put back on exit, also after an error
+    or Cancel. Hosts without the switch (0.3.75 and before) compute those in plain torch anyway."""
+    if not hasattr(comfy.model_management, "in_training"):
+        yield
+        return
+    saved = comfy.model_management.in_training
+    comfy.model_management.in_training = True
+    try:
+        yield
+    finally:
+        comfy.model_management.in_training = saved
 
 
 @contextlib.contextmanager

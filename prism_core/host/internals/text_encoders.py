@@ -75,6 +75,20 @@ def literal_chunk(tokenizer: comfy.sd1_clip.SDTokenizer, caption: str) -> tuple[
     return chunk[:keep], range(start, start + len(ids))
 
 
+def added_tokens(clip: Any, key: str) -> dict[str, int]:
+    """{text: token id} of the special tokens the tokenizer of encoder `key` keeps whole wherever they stand
+    (Hugging Face's ``added_tokens_encoder`` of the SDTokenizer's ``tokenizer``; e.g. Qwen's ``<|fim_pad|>``);
+    empty for tokenizers without any."""
+    return dict(getattr(tokenizer_for(clip, key).tokenizer, "added_tokens_encoder", {}) or {})
+
+
+def word_ids(clip: Any, key: str, text: str) -> list[int]:
+    """The token ids of `text` alone (no start, end or padding tokens, no template) in encoder `key`'s vocabulary."""
+    tokenizer = tokenizer_for(clip, key)
+    ids = tokenizer.tokenizer(text)["input_ids"]
+    return ids[tokenizer.tokens_start:len(ids) - 1 if tokenizer.tokenizer_adds_end_token else len(ids)]
+
+
 def input_embedding_table(clip: Any, key: str) -> torch.Tensor:
     """[V, D]: the input-embedding table (token id -> row) of the encoder for embedding key `key`."""
     return text_encoder(clip, key).transformer.get_input_embeddings().weight

@@ -28,7 +28,8 @@ import torch
 
 import comfy.model_management
 
-from .out_of_place import differentiable_rope, flux_blocks_on_copies, out_of_place_text_layers
+from .out_of_place import (differentiable_rope, flux_blocks_on_copies, host_training_mode, out_of_place_text_layers,
+                           text_layer_classes)
 
 
 def uses_host_casts(module: torch.nn.Module) -> bool:
@@ -164,11 +165,18 @@ def restore_modules(*roots: torch.nn.Module) -> Iterator[None]:
                     module.__dict__.pop(attribute, None)
 
 
-def gradient_checkpointing(diffusion_model: torch.nn.Module) -> None:
-    """Checkpoint the model's top-level blocks with the host trainer's helpers. Call inside `restore_modules`."""
+def gradient_checkpointing(diffusion_model: torch.nn.Module, text_model: torch.nn.Module | None = None) -> None:
+    """Checkpoint the model's top-level blocks, and each residual layer of the text encoder (whose learned rows
+    Stage 1 backpropagates through: Qwen3-4B's 36 blocks for Z-Image, T5-XXL's 24), with the host trainer's
+    helpers. Call inside `restore_modules`, after the out-of-place forwards are in (the checkpoint recomputes
+    those)."""
     from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch
     for module in find_all_highest_child_module_with_forward(diffusion_model):
         patch(module)
+    if text_model is not None:
+        for module in text_model.modules():
+            if isinstance(module, text_layer_classes()):
+                patch(module)
 
 
 def load_as_executor(patchers: Sequence[Any]) -> None:
@@ -213,12 +221,13 @@ def loaded_training_clones(model: Any, clip: Any | None = None, weight_wrappers:
         train_clip = source.clone()
         train_clip.patcher = with_weight_copies(source.patcher)
         roots.append(train_clip.cond_stage_model)
-    with restore_modules(*roots), differentiable_rope(), inference_parameter_copies(*roots):
+    with restore_modules(*roots), differentiable_rope(), host_training_mode(), inference_parameter_copies(*roots):
         if train_clip is not None:
             out_of_place_text_layers(train_clip.cond_stage_model)
         flux_blocks_on_copies(train_model.model.diffusion_model)  # before checkpointing wraps the blocks
         if checkpointing:
-            gradient_checkpointing(train_model.model.diffusion_model)
+            gradient_checkpointing(train_model.model.diffusion_model,
+                                   train_clip.cond_stage_model if train_clip is not None else None)
         patchers = [train_model] + ([train_clip.patcher] if train_clip is not None else [])
         load_as_executor(patchers)
         yield train_model, train_clip
