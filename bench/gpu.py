@@ -1,6 +1,7 @@
 """GPU: seconds per optimizer step and peak VRAM of both stages at 512 px, per training_dtype.
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/run.py gpu [--steps 6] [--dtypes float32,bfloat16,float16]
+    COMFYUI_PATH=/path/to/ComfyUI python bench/run.py gpu --family zimage [--fp8] --max-batch 1 --checkpointing --dtypes auto
 
 Ready to run on a CUDA machine (none has been available to this project so far): an SD1.5-shaped UNet
 (the real 320-channel layout, ~860 M parameters, random weights stored in float16 as ComfyUI loads
@@ -10,6 +11,11 @@ SD1.5 on a GPU), ComfyUI's 12-layer clip_l at width 768 (the real shape and voca
 (`train_concept_lora`, rank 4, accumulation 4), reports the median seconds per step after the first
 (torch.cuda.synchronize around each step) and torch.cuda.max_memory_allocated over the run, and
 writes JSON with --json. `--cpu-smoke` runs a tiny configuration on the CPU to check the script itself.
+
+--family zimage: Z-Image at its real shape (the transformer as the host detects a Z-Image checkpoint, ~6 B
+parameters, stored in bfloat16, or fp8 with --fp8 as Load Diffusion Model's fp8_e4m3fn; Qwen3-4B in bfloat16),
+random weights drawn on the GPU, both stages with the pack's auto preset (residual length 1, beta 0.5, lr 1e-4,
+no accumulation): the numbers the README's 16 GB / 24 GB arithmetic waits for.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
+    parser.add_argument("--family", choices=("sd15", "zimage"), default="sd15", help="the model family to measure")
+    parser.add_argument("--fp8", action="store_true", help="zimage: the transformer stored in float8_e4m3fn")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny models on the CPU: checks the script, measures nothing")
 
@@ -60,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     cuda = not args.cpu_smoke
     models.import_host(cpu=not cuda)
     import comfy.model_management as mm
-    from ..prism_core.training.config import LoraConfig, TokenConfig
+    from ..prism_core.training.config import LoraConfig, TokenConfig, family_preset
     from ..prism_core.host.runtime import RunOptions
     from ..prism_core.host.stage1 import learn_tokens
     from ..prism_core.host.family import describe
@@ -69,11 +77,17 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("bench gpu: no CUDA device here. Run it on a GPU machine (or --cpu-smoke to check the script).")
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
     resolution = args.resolution if cuda else 64
-    bench = (models.build(full_sd15=True, clip_layers=12, unet_dtype=torch.float16) if cuda
-             else models.build(channels=32, clip_layers=1, unet_dtype=torch.float16))
+    if args.family == "zimage":
+        bench = models.build_zimage(small=not cuda, unet_dtype=torch.float8_e4m3fn if args.fp8 else torch.bfloat16)
+    elif cuda:
+        bench = models.build(full_sd15=True, clip_layers=12, unet_dtype=torch.float16)
+    else:
+        bench = models.build(channels=32, clip_layers=1, unet_dtype=torch.float16)
+    family = describe(bench.model, bench.clip)
     concept = _concept(4, resolution)
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu (smoke)", "resolution": resolution,
-               "unet_dtype": "float16", "max_batch": args.max_batch, "checkpointing": args.checkpointing, "runs": []}
+               "family": args.family, "unet_dtype": bench.config["unet_dtype"], "max_batch": args.max_batch,
+               "checkpointing": args.checkpointing, "runs": []}
     for dtype in args.dtypes.split(","):
         options = RunOptions(max_batch=args.max_batch, training_dtype=dtype, gradient_checkpointing=args.checkpointing)
         for stage in ("stage1", "stage2"):
@@ -83,11 +97,13 @@ def main(args: argparse.Namespace) -> int:
             times, on_step = _timed_steps(synchronize)
             with torch.inference_mode():
                 if stage == "stage1":
-                    tokens = learn_tokens(bench.model, bench.clip, bench.vae, concept, TokenConfig(steps=args.steps), options,
-                                          on_step=on_step)
+                    config = family_preset(TokenConfig(steps=args.steps), family.presets, "auto")
+                    tokens = learn_tokens(bench.model, bench.clip, bench.vae, concept, config, options, on_step=on_step,
+                                          family=family)
                 else:
-                    train_concept_lora(bench.model, bench.clip, bench.vae, concept, tokens, LoraConfig(steps=args.steps),
-                                       describe(bench.model), options, on_step=on_step)
+                    config = family_preset(LoraConfig(steps=args.steps), family.presets, "auto")
+                    train_concept_lora(bench.model, bench.clip, bench.vae, concept, tokens, config, family, options,
+                                       on_step=on_step)
             run = {"stage": stage, "training_dtype": dtype, "seconds_per_step": statistics.median(times) if times else None,
                    "peak_vram_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None}
             results["runs"].append(run)

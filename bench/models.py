@@ -120,15 +120,15 @@ def build(channels: int = 64, clip_layers: int = 1, seed: int = 0, inference: bo
                                                      "seed": seed, "unet_dtype": str(unet_dtype).replace("torch.", "")})
 
 
-def _vae(seed: int):
+def _vae(seed: int, channels: int = 4):
     import comfy.sd
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+    ddconfig = {"double_z": True, "z_channels": channels, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
                 "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)  # the host warns about every key of the (deliberately) empty state dict
     try:
-        vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": ddconfig, "embed_dim": 4}}, dtype=torch.float32)
+        vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": ddconfig, "embed_dim": channels}}, dtype=torch.float32)
     finally:
         logger.setLevel(level)
     _init_(vae.first_stage_model, seed)
@@ -137,3 +137,57 @@ def _vae(seed: int):
 
 def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# Z-Image's transformer as the host's model detection describes a Z-Image checkpoint (comfy/model_detection.py:
+# dim 3840, 30 heads, rope axes 32 + 48 + 48) with its 30 main blocks and 2 refiner blocks per stream, and
+# Qwen3-4B as the host's Qwen3_4BConfig has it (36 layers of 2560, the real vocabulary). `small`: the same
+# classes at test sizes, for --cpu-smoke.
+ZIMAGE_FULL = {"dim": 3840, "n_layers": 30, "n_refiner_layers": 2, "n_heads": 30, "n_kv_heads": 30, "cap_feat_dim": 2560,
+               "axes_dims": [32, 48, 48]}
+ZIMAGE_SMALL = {"dim": 256, "n_layers": 2, "n_refiner_layers": 1, "n_heads": 8, "n_kv_heads": 8, "cap_feat_dim": 64,
+                "axes_dims": [8, 12, 12]}
+QWEN3_SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 2,
+               "num_key_value_heads": 1}
+
+
+def build_zimage(small: bool = False, unet_dtype: torch.dtype = torch.bfloat16, clip_dtype: torch.dtype = torch.bfloat16,
+                 seed: int = 0, device: Any = None) -> BenchModels:
+    """A Z-Image MODEL / Qwen3-4B CLIP / 16-channel VAE of random weights, stored as ComfyUI stores them on a GPU
+    (unet_dtype bfloat16, or float8_e4m3fn with bfloat16 manual cast as Load Diffusion Model's fp8 option; the
+    encoder in clip_dtype). Weights are drawn on `device` (the GPU for the full sizes: 10 B values)."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.supported_models_base
+    import comfy.text_encoders.z_image
+
+    device = device or comfy.model_management.get_torch_device()
+    shape = ZIMAGE_SMALL if small else ZIMAGE_FULL
+    with torch.inference_mode():
+        config = comfy.supported_models.ZImage({
+            **comfy.supported_models.ZImage.unet_config, "patch_size": 2, "in_channels": 16, "qk_norm": True,
+            "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True,
+            "time_scale": 1000.0, "pad_tokens_multiple": 32, **shape})
+        config.set_inference_dtype(unet_dtype, torch.bfloat16 if unet_dtype.itemsize == 1 else None)
+        unet = config.get_model({}, device=device)
+        options = {"dtype": clip_dtype, **({"qwen3_4b_model_config": QWEN3_SMALL} if small else {})}
+        clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.text_encoders.z_image.ZImageTokenizer,
+                                                                    comfy.text_encoders.z_image.te()), model_options=options)
+        for module, offset in ((unet.diffusion_model, 0), (clip.cond_stage_model, 1)):
+            generator = torch.Generator(device=device).manual_seed(seed + offset)
+            with torch.no_grad():
+                for name, p in module.named_parameters():
+                    if p.ndim >= 2:
+                        value = torch.randn(p.shape, generator=generator, device=device) / p[0].numel() ** 0.5
+                    else:
+                        value = torch.ones(p.shape, device=device) if name.endswith("weight") else torch.zeros(p.shape, device=device)
+                    p.copy_(value.to(p.device))
+        model = comfy.model_patcher.ModelPatcher(unet, load_device=comfy.model_management.get_torch_device(),
+                                                 offload_device=comfy.model_management.unet_offload_device())
+        vae = _vae(seed + 2, channels=16)
+    for module in (unet, clip.cond_stage_model, vae.first_stage_model):
+        module.requires_grad_(False)
+    return BenchModels(model, clip, vae, True, {"family": "zimage", "small": small, "seed": seed,
+                                                "unet_dtype": str(unet_dtype).replace("torch.", "")})

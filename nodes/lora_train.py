@@ -45,7 +45,7 @@ class PrismLoRATrain:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model the tokens were learned with (SD1.x, SD2.x incl. v-prediction, SDXL, FLUX.1 dev or schnell). Left unchanged."}),
+                "model": ("MODEL", {"tooltip": "The diffusion model the tokens were learned with (SD1.x, SD2.x incl. v-prediction, SDXL, FLUX.1 dev or schnell, Z-Image). Left unchanged."}),
                 "clip": ("CLIP", {"tooltip": "Encodes the training prompts once per run. Left unchanged."}),
                 "vae": ("VAE", {"tooltip": "Encodes the reference images once per run."}),
                 "concept_set": (CONCEPT_SET, {"tooltip": "The concept set the tokens were learned on (same images, same order)."}),
@@ -98,8 +98,8 @@ class PrismLoRATrain:
                             gradient_accumulation=gradient_accumulation, seed=seed, checkpoint_every=checkpoint_every)
         config = family_preset(config, family.presets, preset)
         label = "Stage 2"
-        if flux:
-            label = (f"Stage 2 FLUX.1 ({preset}: lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, steps "
+        if family.presets == "flux":  # FLUX.1 and Z-Image: say which values ran
+            label = (f"Stage 2 {'FLUX.1' if flux else 'Z-Image'} ({preset}: lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, steps "
                      f"{config.steps}, checkpoint_every {config.checkpoint_every}, accumulation {config.gradient_accumulation})")
         checkpoint_every = config.checkpoint_every
         options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing,
@@ -114,7 +114,7 @@ class PrismLoRATrain:
         previews = training_previews("Prism LoRA Train", "Stage 2", clip, vae, concept_set.resolution,
                                      (resume.steps if resume is not None else 0) + config.steps, unique_id, preview_every,
                                      preview_prompts, preview_steps, preview_sampler, preview_scheduler, preview_cfg,
-                                     preview_seed, family.guidance_input(guidance), preset)
+                                     preview_seed, family.guidance_input(guidance), preset, family.presets == "flux")
 
         def save_checkpoint(weights: LoraWeights) -> None:
             save_lora(weights, first_folder("loras"), f"{checkpoint_prefix}_step{weights.steps:04d}")

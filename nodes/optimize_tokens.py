@@ -35,8 +35,8 @@ class OptimizePrismTokens:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL, FLUX.1 dev or schnell). Left unchanged."}),
-                "clip": ("CLIP", {"tooltip": "The model's text encoder(s) (FLUX.1: CLIP-L + T5-XXL from DualCLIPLoader); its CLIPSetLastLayer setting is honoured. Left unchanged."}),
+                "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL, FLUX.1 dev or schnell, Z-Image). Left unchanged."}),
+                "clip": ("CLIP", {"tooltip": "The model's text encoder(s) (FLUX.1: CLIP-L + T5-XXL from DualCLIPLoader; Z-Image: Qwen3-4B from Load CLIP); its CLIPSetLastLayer setting is honoured. Left unchanged."}),
                 "vae": ("VAE", {"tooltip": "Encodes the reference images once per run."}),
                 "concept_set": (CONCEPT_SET, {"tooltip": "From Load Concept Set."}),
                 "target_length": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": _tip("target_length")}),
@@ -85,7 +85,7 @@ class OptimizePrismTokens:
         previews = training_previews("Optimize Prism Tokens", "Stage 1", clip, vae, concept_set.resolution, config.steps,
                                      unique_id, preview_every, preview_prompts, preview_steps, preview_sampler,
                                      preview_scheduler, preview_cfg, preview_seed,
-                                     family.guidance_input(guidance), preset)
+                                     family.guidance_input(guidance), preset, family.presets == "flux")
         tokens = learn_tokens(model, clip, vae, concept_set, config, options,
                               on_step=step_reporter(config.steps, unique_id, label, ("rec", "excl")), previews=previews,
                               node_id=unique_id, family=family)

@@ -28,7 +28,7 @@ def preview_inputs(what: str) -> dict:
             "Sampler steps per preview image (KSampler's steps). Few are enough to see the concept; cost grows linearly.")}),
         "preview_sampler": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler", "tooltip": "KSampler's sampler_name for the previews."}),
         "preview_scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal", "tooltip": "KSampler's scheduler for the previews."}),
-        "preview_cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "KSampler's cfg for the previews. FLUX.1 takes guidance, not cfg: with preset auto a FLUX.1 model previews at cfg 1 while this is at its default 7, and the node's guidance goes on the preview prompt as FluxGuidance would put it."}),
+        "preview_cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "KSampler's cfg for the previews. FLUX.1 takes guidance, not cfg: with preset auto a FLUX.1 (and Z-Image) model previews at cfg 1 while this is at its default 7, and the node's guidance goes on the preview prompt as FluxGuidance would put it."}),
         "preview_seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": (
             "KSampler's seed for the previews: the same for every preview, so they differ only by training.")}),
     }
@@ -37,12 +37,13 @@ def preview_inputs(what: str) -> dict:
 def training_previews(node: str, label: str, clip, vae, resolution: int, total_steps: int, node_id,
                       preview_every: int, preview_prompts_text: str, preview_steps: int, preview_sampler: str,
                       preview_scheduler: str, preview_cfg: float, preview_seed: int, flux_guidance: float | None = None,
-                      preset: str = "widgets") -> TrainingPreviews:
+                      preset: str = "widgets", flow_transformer: bool = False) -> TrainingPreviews:
     """The run's previews, the prompts checked before training starts (a clear error naming preview_prompts).
     flux_guidance: on a FLUX.1 model, the guidance the previews sample with (None on SD); with preset "auto" a FLUX.1
-    preview at the default cfg 7 samples at cfg 1 (FLUX.1-dev is guidance-distilled: cfg 1 is how it is sampled)."""
+    preview at the default cfg 7 samples at cfg 1 (FLUX.1-dev is guidance-distilled: cfg 1 is how it is sampled), and so
+    does one of another `flow_transformer` (Z-Image: Turbo, the model most people train, is sampled at cfg 1)."""
     prompts = tuple(preview_prompts(preview_prompts_text, PLACEHOLDER, node)) if preview_every > 0 else ()
-    if flux_guidance is not None and preset == "auto" and preview_cfg == PreviewSettings.cfg:
+    if (flux_guidance is not None or flow_transformer) and preset == "auto" and preview_cfg == PreviewSettings.cfg:
         preview_cfg = 1.0
     settings = PreviewSettings(preview_every, prompts, preview_steps, preview_sampler, preview_scheduler,
                                preview_cfg, preview_seed, guidance=flux_guidance)

@@ -28,14 +28,16 @@ def family_config(family: ModelFamily, config: TokenConfig, preset: str, flux_cl
     """(config that runs, a line saying which values ran) for the node's preset (config.family_preset) and, on
     FLUX.1, whether CLIP-L rows are "fixed" (default, as the reference) or "learned"."""
     config = family_preset(config, family.presets, preset)
-    if not family.flux:
+    if family.presets != "flux":
         return config, "Stage 1"
+    values = (f"{preset}: residual_length {config.residual_length}, beta {config.beta:g}, lr {config.learning_rate:g}, "
+              f"weight_decay {config.weight_decay:g}, accumulation {config.gradient_accumulation}")
+    if not family.flux:  # Z-Image: one text encoder, nothing kept fixed
+        return config, f"Stage 1 Z-Image ({values})"
     if flux_clip_l not in ("fixed", "learned"):
         raise ValueError(f"flux_clip_l must be 'fixed' or 'learned', got {flux_clip_l!r}.")
     config = dataclasses.replace(config, frozen_encoders=family.frozen_encoders if flux_clip_l == "fixed" else ())
-    return config, (f"Stage 1 FLUX.1 ({preset}: residual_length {config.residual_length}, beta {config.beta:g}, "
-                    f"lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, accumulation "
-                    f"{config.gradient_accumulation}, clip_l {flux_clip_l})")
+    return config, f"Stage 1 FLUX.1 ({values}, clip_l {flux_clip_l})"
 
 
 def initial_vectors(backend: ComfyStage1Backend, captions: tuple[str, ...], config: TokenConfig

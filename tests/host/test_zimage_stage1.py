@@ -17,7 +17,7 @@ import comfy.model_management  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import comfy.text_encoders.llama  # noqa: E402
 
-from host_checks import RES, module_state, random_concept  # noqa: E402
+from host_checks import RES, WORD, module_state, random_concept, zimage_cond as oracle_cond  # noqa: E402
 from comfyui_conceptprism.prism_core.training.config import TokenConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.training.stage1 import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.training.schedule import MicroStep  # noqa: E402
@@ -30,7 +30,6 @@ from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backe
 
 GRID = 2 ** 24  # the plan's sigma grid, written here from its definition: sigma = (k + 1) / 2^24
 KEY = "qwen3_4b"
-WORD = "<|vision_pad|>"  # the oracle's stand-in for a learned word: one of Qwen's special tokens, kept whole
 
 
 def _index(sigma: float) -> int:
@@ -52,23 +51,6 @@ def _vectors(models, seed=3, residual_rows=2):
     g = torch.Generator().manual_seed(seed)
     return ({KEY: torch.randn(1, width, generator=g) * 0.05},
             {KEY: torch.randn(3, residual_rows, width, generator=g) * 0.05})
-
-
-def oracle_cond(clip, prompt: str, rows: list[torch.Tensor]):
-    """(cond [1, L, D], L): `prompt` (WORD where each learned word stands) through the host's own tokenizer and
-    template, each WORD token replaced by the next of `rows` ([n, D] each: n vectors in its place) as the host
-    takes embedding vectors in a token list, encoded by the host's encode_from_tokens."""
-    tokens = clip.tokenize(prompt)
-    word = clip.tokenizer.qwen3_4b.tokenizer.convert_tokens_to_ids(WORD)
-    queue = iter(rows)
-    chunk = []
-    for token, weight, *rest in tokens[KEY][0]:
-        if token == word:
-            chunk += [(vector, weight, *rest) for vector in next(queue)]
-        else:
-            chunk.append((token, weight, *rest))
-    out = clip.encode_from_tokens({KEY: [chunk]}, return_dict=True)
-    return out["cond"], int(out["attention_mask"].sum()) if out.get("attention_mask") is not None else out["cond"].shape[1]
 
 
 def _velocity(model, z, sigma, eps, cond, length):
@@ -302,3 +284,25 @@ def test_the_learned_word_in_a_stock_clip_text_encode(zimage, embedding_root, fo
         other = PrismConditioning().encode(zimage.clip, _bank(zimage, seed=6), "a photo of [V] in the snow", "[V]", "target", 0)[0][0][0]
     assert (plain[:, prefix] - other[:, prefix]).abs().max() > 0.1
     assert plain.shape[1] != prism.shape[1] or not torch.allclose(plain, prism, rtol=1e-5, atol=1e-5)
+
+
+def test_the_node_runs_the_auto_preset_and_previews_at_cfg_1(zimage):
+    """Optimize Prism Tokens on Z-Image with untouched widgets: preset auto runs the FLUX.1 reference values (a flow
+    transformer on one large text encoder), learns the qwen3_4b rows, records no guidance (Z-Image has no guidance
+    input), and previews at cfg 1 (as Z-Image Turbo samples) while preview_cfg is at its default."""
+    from host_checks import widget_defaults
+    from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens
+    with torch.inference_mode():
+        tokens, previews = OptimizePrismTokens().optimize(zimage.model, zimage.clip, zimage.vae, random_concept(),
+                                                          **{**widget_defaults(OptimizePrismTokens), "steps": 1,
+                                                             "preview_every": 1, "preview_steps": 1})
+    settings = tokens.settings
+    assert (settings["residual_length"], settings["beta"], settings["learning_rate"], settings["weight_decay"],
+            settings["gradient_accumulation"]) == (1, 0.5, 1e-4, 1e-4, 1)
+    assert settings["prediction_target"] == "flow" and "guidance" not in settings and not settings["frozen_encoders"]
+    assert set(tokens.target) == {KEY} and tokens.residuals[KEY].shape == (3, 1, 64)
+    assert previews.shape[0] == 1 and torch.isfinite(previews).all()
+    from comfyui_conceptprism.nodes.preview_inputs import training_previews
+    settings = training_previews("Optimize Prism Tokens", "Stage 1", zimage.clip, zimage.vae, RES, 2, None, 1, "a photo of [V]",
+                                 2, "euler", "simple", 7.0, 0, None, "auto", flow_transformer=True).settings
+    assert settings.cfg == 1.0 and settings.guidance is None

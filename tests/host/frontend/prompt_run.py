@@ -3,7 +3,7 @@
 The only changes made to a prompt are the ones the issue allows, and each is printed:
 - every checkpoint loader node becomes the test-only tiny loader of the stated family, keeping its
   node id, so every link to its MODEL/CLIP/VAE outputs (slots 0/1/2 in both) still holds;
-- every UNETLoader / DualCLIPLoader / VAELoader becomes the test-only loader of that part of the tiny
+- every UNETLoader / DualCLIPLoader / CLIPLoader / VAELoader becomes the test-only loader of that part of the tiny
   models (one output each, as the stock nodes);
 - every CLIPVisionLoader becomes the test-only tiny vision loader (one CLIP_VISION output, as the
   stock node): a tiny DINOv2 when its file name says dino, else a tiny CLIP tower projecting to the
@@ -29,6 +29,8 @@ VISION_LOADERS = ("CLIPVisionLoader",)
 def family_for(workflow_file: Path) -> str:
     """The tiny family standing in for a shipped workflow's checkpoint, from its file name."""
     name = workflow_file.stem.lower()
+    if "z-image" in name:
+        return "zimage"
     if "flux" in name:
         return "flux"
     if "sdxl" in name:

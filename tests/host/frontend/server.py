@@ -28,7 +28,7 @@ TEST_LOADER = "PrismTestTinyCheckpointLoader"
 TEST_VISION_LOADER = "PrismTestTinyCLIPVisionLoader"
 # Single-output stock loaders (FLUX graphs load the parts separately) -> the test-only loader of that part.
 TEST_PART_LOADERS = {"UNETLoader": "PrismTestTinyUNETLoader", "DualCLIPLoader": "PrismTestTinyDualCLIPLoader",
-                     "VAELoader": "PrismTestTinyVAELoader"}
+                     "CLIPLoader": "PrismTestTinyCLIPLoader", "VAELoader": "PrismTestTinyVAELoader"}
 _TEST_NODE_SOURCE = Path(__file__).resolve().parent / "tiny_loader_node.py"
 # The generated custom node: loads tiny_loader_node.py by path and exports its classes. The mapping
 # is an attribute of that module, never a literal here (tests/core/test_manager_scan.py).

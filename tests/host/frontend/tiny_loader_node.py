@@ -49,7 +49,7 @@ class PrismTestTinyCheckpointLoader:
         return (models.model, models.clip, models.vae)
 
 
-FAMILIES = ("sd15", "sd2v", "sdxl", "flux")
+FAMILIES = ("sd15", "sd2v", "sdxl", "flux", "zimage")
 
 
 def _tiny(family: str):
@@ -62,7 +62,7 @@ def _tiny(family: str):
 
 
 class _TinyPart:
-    """Stands in for a single-output loader (UNETLoader, DualCLIPLoader, VAELoader): one part of the tiny
+    """Stands in for a single-output loader (UNETLoader, DualCLIPLoader / CLIPLoader, VAELoader): one part of the tiny
     models of `family`, the same objects the checkpoint loader returns."""
 
     FUNCTION = "load"
@@ -89,6 +89,11 @@ class PrismTestTinyDualCLIPLoader(_TinyPart):
     PART = 1
 
 
+class PrismTestTinyCLIPLoader(_TinyPart):
+    RETURN_TYPES = ("CLIP",)
+    PART = 1
+
+
 class PrismTestTinyVAELoader(_TinyPart):
     RETURN_TYPES = ("VAE",)
     PART = 2
@@ -96,7 +101,7 @@ class PrismTestTinyVAELoader(_TinyPart):
 
 # The pooled text width of each tiny family's CLIP (tiny_models: clip_l 768, clip_h 1024, SDXL's clip_g 1280):
 # a tiny CLIP vision tower projects to it, as a real one projects to its text half's width.
-TEXT_WIDTHS = {"sd15": 768, "sd2v": 1024, "sdxl": 1280, "flux": 768}
+TEXT_WIDTHS = {"sd15": 768, "sd2v": 1024, "sdxl": 1280, "flux": 768, "zimage": 64}
 _VISION: dict[tuple[str, str], object] = {}
 
 
@@ -125,9 +130,11 @@ NODE_CLASSES = {"PrismTestTinyCheckpointLoader": PrismTestTinyCheckpointLoader,
                 "PrismTestTinyCLIPVisionLoader": PrismTestTinyCLIPVisionLoader,
                 "PrismTestTinyUNETLoader": PrismTestTinyUNETLoader,
                 "PrismTestTinyDualCLIPLoader": PrismTestTinyDualCLIPLoader,
+                "PrismTestTinyCLIPLoader": PrismTestTinyCLIPLoader,
                 "PrismTestTinyVAELoader": PrismTestTinyVAELoader}
 DISPLAY_NAMES = {"PrismTestTinyCheckpointLoader": "Prism Test Tiny Checkpoint Loader (test only)",
                  "PrismTestTinyCLIPVisionLoader": "Prism Test Tiny CLIP Vision Loader (test only)",
                  "PrismTestTinyUNETLoader": "Prism Test Tiny Diffusion Model Loader (test only)",
                  "PrismTestTinyDualCLIPLoader": "Prism Test Tiny Dual CLIP Loader (test only)",
+                 "PrismTestTinyCLIPLoader": "Prism Test Tiny CLIP Loader (test only)",
                  "PrismTestTinyVAELoader": "Prism Test Tiny VAE Loader (test only)"}
