@@ -9,7 +9,7 @@ TRAINING_DTYPE_TIP = (
     "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI "
     "loads SD checkpoints in float16 on most GPUs). auto (default): the first precision ComfyUI allows for this model "
     "that the GPU runs, in ComfyUI's order: SD float16 with dynamic loss scaling (measured: the float32 gradient to a "
-    "cosine of 0.9999999, for about half the memory and time), FLUX.1 bfloat16 (float16 on cards without it), Z-Image bfloat16 (float32 without it); float32 "
+    "cosine of 0.9999999, for about half the memory and time), FLUX.1 bfloat16 (float16 on cards without it), Z-Image bfloat16 (else the next ComfyUI allows); float32 "
     "on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, "
     "gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). ")
 

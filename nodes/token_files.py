@@ -24,7 +24,9 @@ class SavePrismEmbedding:
     OUTPUT_TOOLTIPS = ("The word to put in any prompt, e.g. 'embedding:conceptprism/concept_00001_'.",)
     FUNCTION = "save"
     OUTPUT_NODE = True
-    DESCRIPTION = "Saves the target token into the embeddings folder so 'embedding:<name>' works in a plain CLIP Text Encode."
+    DESCRIPTION = ("Saves the target token into the embeddings folder so 'embedding:<name>' works in a plain CLIP Text Encode "
+                   "(Z-Image: only where the release's Z-Image tokenizer reads embeddings, and less exactly than Prism "
+                   "Conditioning, which keeps its chat template).")
 
     @classmethod
     def INPUT_TYPES(cls):

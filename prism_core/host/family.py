@@ -116,7 +116,7 @@ def describe(model: Any, clip: Any | None = None, stage2: bool = False) -> Model
         names = ", ".join(dict.fromkeys([config_name, type(model.model).__name__]))  # "ZImage, Lumina2"; "Flux2" once
         raise ValueError(
             f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL is a flow model it does not train yet ({names}: e.g. "
-            "FLUX.2, SD3, Lumina 2 or Chroma). Load a FLUX.1-dev, FLUX.1-schnell or Z-Image diffusion model, or an SD "
+            "FLUX.2, SD3, Lumina 2, Chroma or Z-Image's pixel-space model). Load a FLUX.1-dev, FLUX.1-schnell or Z-Image diffusion model, or an SD "
             "checkpoint.")
     # FLUX.1: the LoRA family follows the guidance embedding (dev reads guidance, schnell does not).
     lora = (BaseFamily("flux1" if guided else "flux1-schnell", False, "flux1",
@@ -131,7 +131,7 @@ def describe(model: Any, clip: Any | None = None, stage2: bool = False) -> Model
         raise ValueError(refusal)
     widths = text.encoder_widths(clip) if clip is not None else {}
     if clip is not None:
-        text.check_text_encoders(name, widths)
+        text.check_text_encoders(name, clip)
     # eps and v models draw t ~ U{0..T-1} of their discrete schedule (paper Sec. 4.1); flow models draw sigma ~
     # U(0, 1] on FLOW_SIGMA_LEVELS directly: FLUX's and Z-Image's stored sigmas are shifted (Z-Image: shift 3 in
     # the host's ZImage config), so a uniform index would not be a uniform sigma. Uniform sigma is the paper's

@@ -33,6 +33,7 @@ from ..pictures.previews import PLACEHOLDER, placeholder_image, preview_due, sta
 from ..formats.token_bank import PrismTokens
 from .runtime import show_text
 from .stock_nodes import placeholder_conditioning, render
+from .internals.out_of_place import sampling_as_the_host
 from .internals.training_guard import load_as_executor
 
 log = logging.getLogger("ConceptPrism")
@@ -71,7 +72,7 @@ def isolated(reload: Sequence[Any]) -> Iterator[None]:
     """Run a preview as a separate graph would: global random state forked, inference mode; on success the
     training patchers `reload` are loaded again as training loaded them (a Cancel ends training anyway)."""
     with torch.random.fork_rng(devices=_rng_devices()):
-        with torch.inference_mode():
+        with torch.inference_mode(), sampling_as_the_host():
             yield
     if reload:
         load_as_executor(reload)

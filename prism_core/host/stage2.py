@@ -69,7 +69,7 @@ def train_concept_lora(
     lora_family, guided = family.lora, family.reads_guidance
     if lora_family is None:
         raise ValueError(family.lora_refusal)
-    text.check_text_encoders(family.name, text.encoder_widths(clip))
+    text.check_text_encoders(family.name, clip)
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
     learned_guidance = tokens.settings.get("guidance")

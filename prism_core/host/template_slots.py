@@ -29,11 +29,11 @@ def templated(clip: Any) -> bool:
     return bool(keys) and keys <= TEMPLATE_ENCODERS
 
 
-def _marker(clip: Any, key: str, text: str) -> tuple[str, int]:
-    """(marker text, its token id): the tokenizer's added token with the highest id that `text` does not contain.
-    Raises ValueError when every one of them occurs in the text."""
+def _marker(clip: Any, key: str, text: str, template_ids: set[int]) -> tuple[str, int]:
+    """(marker text, its token id): the tokenizer's added token with the highest id that neither `text` nor the
+    host's template (`template_ids`, the ids of an empty prompt) contains. Raises ValueError when none is left."""
     for marker, token in sorted(added_tokens(clip, key).items(), key=lambda item: -item[1]):
-        if marker not in text:
+        if marker not in text and token not in template_ids:
             return marker, token
     raise ValueError("The prompt contains every special token of the text encoder's tokenizer; ConceptPrism has no "
                      "free one to mark its learned words with. Remove special tokens (<|...|>) from the prompt.")
@@ -42,16 +42,20 @@ def _marker(clip: Any, key: str, text: str) -> tuple[str, int]:
 def tokenize_marked(clip: Any, text: str, slot_lengths: dict[str, dict[str, int]]) -> dict[str, list]:
     """The host's token structure {tokenizer key: [[(token | SlotRow, weight, ...), ...]]} of `text`, with each
     ``embedding:<slot>`` word of a slot in `slot_lengths` (slot -> {embedding key: rows}) standing as that slot's
-    SlotRow placeholders, everything else tokenized by the host as written (its template, its other
-    ``embedding:`` words). Raises ValueError if the host's tokenizer did not keep every marker as one token."""
+    SlotRow placeholders wherever it stands (also glued to the next word or punctuation: "[V]." , "[V]s"),
+    everything else tokenized as ``clip.tokenize`` does (its template; other ``embedding:`` words where the release
+    reads them, as text where it does not). Raises ValueError if a learned word could not be placed."""
     names = sorted(slot_lengths, key=len, reverse=True)
-    word = re.compile("embedding:(" + "|".join(re.escape(n) for n in names) + r")(?![\w.-])") if names else None
+    # a slot name ends where no digit follows (prism_residual_1 is not prism_residual_10)
+    word = re.compile("embedding:(" + "|".join(re.escape(n) for n in names) + r")(?!\d)") if names else None
     slots = word.findall(text) if word else []
     out = {}
     for key in encoder_keys(clip):
-        marker, token = _marker(clip, key, text)
+        template_ids = {item[0] for chunk in tokenize_with_weights(clip, "", ask_lookup=False)[key] for item in chunk
+                        if isinstance(item[0], int)}
+        marker, token = _marker(clip, key, text, template_ids)
         marked = word.sub(marker, text) if word else text
-        tokens = tokenize_with_weights(clip, marked)
+        tokens = tokenize_with_weights(clip, marked, ask_lookup=False)
         found = sum(1 for chunk in tokens[key] for item in chunk if _is(item, token))
         if found != len(slots):
             raise ValueError(f"ConceptPrism: the {key} tokenizer split its marker {marker!r}; the learned words of "

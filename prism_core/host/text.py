@@ -20,7 +20,7 @@ from ..formats.token_bank import TARGET_SLOT, PrismTokens, is_slot, residual_slo
 from .internals.embedding_lookup import SlotRow, slot_lookup
 from .internals.text_encoders import (apply_clip_options, clip_layer_index, encode_chunk, encode_token_weights,
                                       encoder_keys, input_embedding_table, literal_chunk, tokenize_with_weights,
-                                      tokenizer_for, word_ids)
+                                      is_zimage_text_encoder, tokenizer_for, word_ids)
 from .template_slots import TEMPLATE_ENCODERS, templated, tokenize_marked
 
 log = logging.getLogger("ConceptPrism")
@@ -169,13 +169,14 @@ def check_family(clip: Any, keys: tuple[str, ...], widths: dict[str, int], what:
             "Load the checkpoint family the tokens were trained with, or train new tokens for this one.")
 
 
-def check_text_encoders(family: str, encoder_keys: set[str] | tuple[str, ...] | dict[str, int]) -> None:
-    """Raise ValueError, naming the fix, when the CLIP's text encoders (`encoder_keys`: clip_l, t5xxl, qwen3_4b, ...)
-    are not the MODEL's family's (`family`: family.ModelFamily.name): FLUX.1 needs CLIP-L + T5-XXL, Z-Image
-    Qwen3-4B, SD models CLIP only."""
-    keys = set(encoder_keys)
-    if family == "zimage" and keys != {"qwen3_4b"}:
-        raise ValueError(f"This Z-Image MODEL needs its Qwen3-4B text encoder, but the CLIP has {sorted(keys)}. Load it "
+def check_text_encoders(family: str, clip: Any) -> None:
+    """Raise ValueError, naming the fix, when the CLIP's text encoders (clip_l, t5xxl, qwen3_4b, ...) are not the
+    MODEL's family's (`family`: family.ModelFamily.name): FLUX.1 needs CLIP-L + T5-XXL, Z-Image Qwen3-4B loaded
+    for Z-Image (not for FLUX.2 Klein, which reads the same file another way), SD models CLIP only."""
+    keys = set(encoder_widths(clip))
+    if family == "zimage" and (keys != {"qwen3_4b"} or not is_zimage_text_encoder(clip)):
+        loaded = "Qwen3-4B loaded for another model (e.g. type flux2)" if keys == {"qwen3_4b"} else str(sorted(keys))
+        raise ValueError(f"This Z-Image MODEL needs its Qwen3-4B text encoder, but the CLIP has {loaded}. Load it "
                          "with Load CLIP (type lumina2: qwen_3_4b.safetensors) and connect that CLIP.")
     if family != "zimage" and "qwen3_4b" in keys:
         raise ValueError(f"This MODEL is not Z-Image, but the CLIP is Z-Image's Qwen3-4B ({sorted(keys)}). Connect the "

@@ -103,12 +103,15 @@ def test_the_prompt_keeps_the_hosts_template_with_the_learned_rows_where_the_wor
     with the word's rows in its place."""
     clip = zimage.clip
     lengths = {"prism_target": {KEY: 1}, "prism_residual_0": {KEY: 2}}
-    for prompt in ("a photo of embedding:prism_target in the snow", "embedding:prism_target with embedding:prism_residual_0"):
+    for prompt in ("a photo of embedding:prism_target in the snow", "embedding:prism_target with embedding:prism_residual_0",
+                   "a photo of embedding:prism_target.", "embedding:prism_targets on a table, a embedding:prism_target-shaped lamp",
+                   "a photo of embedding:prism_target next to embedding:not_a_file"):
         ours = text.tokenize_with_slots(clip, prompt, lengths)[KEY][0]
-        host = clip.tokenize(prompt.replace("embedding:prism_target", WORD).replace("embedding:prism_residual_0", WORD))[KEY][0]
+        host = clip.tokenize(prompt.replace("embedding:prism_residual_0", WORD).replace("embedding:prism_target", WORD))[KEY][0]
         word = clip.tokenizer.qwen3_4b.tokenizer.convert_tokens_to_ids(WORD)
         expected = []
-        slots = iter([("prism_target", 1), ("prism_residual_0", 2)])
+        slots = iter([("prism_residual_0", 2) if "residual" in part else ("prism_target", 1)
+                      for part in prompt.split("embedding:")[1:] if part.startswith("prism_")])
         for token, *_ in host:
             if token == word:
                 slot, rows = next(slots)
@@ -117,8 +120,10 @@ def test_the_prompt_keeps_the_hosts_template_with_the_learned_rows_where_the_wor
                 expected.append(token)
         got = [(t.slot, t.row) if isinstance(t, text.SlotRow) else t for t, *_ in ours]
         assert got == expected, (prompt, got, expected)
+        # other embedding: words as clip.tokenize treats them (as text where the release reads none)
         plain = [t for t, *_ in clip.tokenize("x")[KEY][0]]  # the template around one word
-        assert got[:3] == plain[:3] and got[-5:] == plain[-5:]  # "<|im_start|>user\n" ... "<|im_end|>\n<|im_start|>assistant\n"
+        if "not_a_file" not in prompt:  # (the host's own embedding parse of another word re-spaces what follows it)
+            assert got[:3] == plain[:3] and got[-5:] == plain[-5:]  # "<|im_start|>user\n" ... "<|im_end|>\n<|im_start|>assistant\n"
 
 
 def test_rec_and_excl_equal_the_host_oracle_on_the_flow_velocity(zimage):
@@ -286,12 +291,19 @@ def test_the_learned_word_in_a_stock_clip_text_encode(zimage, embedding_root, fo
     assert plain.shape[1] != prism.shape[1] or not torch.allclose(plain, prism, rtol=1e-5, atol=1e-5)
 
 
-def test_the_node_runs_the_auto_preset_and_previews_at_cfg_1(zimage):
+def test_the_node_runs_the_auto_preset_and_previews_at_cfg_1(zimage, monkeypatch):
     """Optimize Prism Tokens on Z-Image with untouched widgets: preset auto runs the FLUX.1 reference values (a flow
     transformer on one large text encoder), learns the qwen3_4b rows, records no guidance (Z-Image has no guidance
     input), and previews at cfg 1 (as Z-Image Turbo samples) while preview_cfg is at its default."""
     from host_checks import widget_defaults
     from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens
+    import comfyui_conceptprism.prism_core.host.previews as previews_module
+    seen_switch, render = [], previews_module.render
+
+    def recording(*args, **kwargs):
+        seen_switch.append(_switch())
+        return render(*args, **kwargs)
+    monkeypatch.setattr(previews_module, "render", recording)
     with torch.inference_mode():
         tokens, previews = OptimizePrismTokens().optimize(zimage.model, zimage.clip, zimage.vae, random_concept(),
                                                           **{**widget_defaults(OptimizePrismTokens), "steps": 1,
@@ -302,7 +314,36 @@ def test_the_node_runs_the_auto_preset_and_previews_at_cfg_1(zimage):
     assert settings["prediction_target"] == "flow" and "guidance" not in settings and not settings["frozen_encoders"]
     assert set(tokens.target) == {KEY} and tokens.residuals[KEY].shape == (3, 1, 64)
     assert previews.shape[0] == 1 and torch.isfinite(previews).all()
+    # the preview sampled as a stock graph does: the host's training switch as before training, during the render
+    assert seen_switch == [_switch() if _switch() is None else False] * len(seen_switch) and seen_switch
     from comfyui_conceptprism.nodes.preview_inputs import training_previews
     settings = training_previews("Optimize Prism Tokens", "Stage 1", zimage.clip, zimage.vae, RES, 2, None, 1, "a photo of [V]",
                                  2, "euler", "simple", 7.0, 0, None, "auto", flow_transformer=True).settings
     assert settings.cfg == 1.0 and settings.guidance is None
+
+
+def test_a_learned_word_glued_to_punctuation_is_placed_in_prism_conditioning(zimage):
+    """'[V].' and '[V]s' stand right before other characters: the learned rows are still used (two banks give two
+    conditionings), and a learned word that cannot be placed would be an error, never a silent drop."""
+    from comfyui_conceptprism.nodes.conditioning import PrismConditioning
+    with torch.inference_mode():
+        for prompt in ("a photo of [V].", "[V]s on a table", "a [V]-shaped lamp"):
+            one = PrismConditioning().encode(zimage.clip, _bank(zimage, seed=2), prompt, "[V]", "target", 0)[0][0][0]
+            two = PrismConditioning().encode(zimage.clip, _bank(zimage, seed=3), prompt, "[V]", "target", 0)[0][0][0]
+            assert one.shape == two.shape and not torch.equal(one, two), prompt
+
+
+def test_qwen3_loaded_for_flux2_klein_is_refused_for_a_z_image_model(zimage):
+    """The same qwen_3_4b file loaded as FLUX.2 Klein's encoder (Load CLIP type flux2: another chat template and
+    layer stack) is not Z-Image's text encoder: refused with the loader to use, before any work."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux as flux_text
+    if not hasattr(flux_text, "KleinTokenizer"):
+        pytest.skip("this ComfyUI release has no FLUX.2 Klein")
+    with torch.inference_mode():
+        klein = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(flux_text.KleinTokenizer, flux_text.klein_te(model_type="qwen3_4b")),
+                              model_options={"qwen3_4b_model_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                                                                       "num_attention_heads": 2, "num_key_value_heads": 1}})
+    with pytest.raises(ValueError, match="Qwen3-4B loaded for another model.*type lumina2"):
+        describe(zimage.model, klein)

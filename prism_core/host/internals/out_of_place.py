@@ -188,6 +188,11 @@ def plain_apply_rope(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor
     return _apply_rope1(xq, freqs_cis), _apply_rope1(xk, freqs_cis)
 
 
+# What training replaced, for previews rendered meanwhile (`sampling_as_the_host`).
+_switch_before: Any = False
+_host_rope: Callable | None = None
+
+
 @contextlib.contextmanager
 def host_training_mode() -> Iterator[None]:
     """While open, the host's own training switch is on where it has one (``comfy.model_management.in_training``,
@@ -197,7 +202,8 @@ def host_training_mode() -> Iterator[None]:
     if not hasattr(comfy.model_management, "in_training"):
         yield
         return
-    saved = comfy.model_management.in_training
+    global _switch_before
+    saved = _switch_before = comfy.model_management.in_training
     comfy.model_management.in_training = True
     try:
         yield
@@ -210,10 +216,31 @@ def differentiable_rope() -> Iterator[None]:
     """While open, FLUX attention applies RoPE with `plain_apply_rope` (autograd works) instead of the host's
     choice, which on v0.8.0 is comfy-kitchen's custom op without a backward; put back on exit, also after an
     error or Cancel."""
+    global _host_rope
     import comfy.ldm.flux.math as flux_math
-    saved = flux_math.apply_rope
+    saved = _host_rope = flux_math.apply_rope
     flux_math.apply_rope = plain_apply_rope
     try:
         yield
     finally:
         flux_math.apply_rope = saved
+
+
+@contextlib.contextmanager
+def sampling_as_the_host() -> Iterator[None]:
+    """While open (inside training, for a preview), the host's training switch and its RoPE are as they were before
+    training, so a preview samples as a stock graph does (on a GPU, comfy-kitchen's fused kernels where the host
+    uses them); training's are put back on exit."""
+    import comfy.ldm.flux.math as flux_math
+    switch = getattr(comfy.model_management, "in_training", None)
+    rope = flux_math.apply_rope
+    if switch is not None:
+        comfy.model_management.in_training = _switch_before
+    if rope is plain_apply_rope and _host_rope is not None:
+        flux_math.apply_rope = _host_rope
+    try:
+        yield
+    finally:
+        if switch is not None:
+            comfy.model_management.in_training = switch
+        flux_math.apply_rope = rope

@@ -89,18 +89,31 @@ def word_ids(clip: Any, key: str, text: str) -> list[int]:
     return ids[tokenizer.tokens_start:len(ids) - 1 if tokenizer.tokenizer_adds_end_token else len(ids)]
 
 
+def is_zimage_text_encoder(clip: Any) -> bool:
+    """Whether `clip` is Z-Image's Qwen3-4B as the host loads it for Z-Image (its ZImageTokenizer, whose chat
+    template Z-Image was trained with): FLUX.2 Klein loads the same Qwen3-4B file with another template and
+    another layer stack. False on hosts without Z-Image."""
+    import importlib
+    try:
+        z_image = importlib.import_module("comfy.text_encoders.z_image")
+    except ImportError:
+        return False
+    return isinstance(clip.tokenizer, z_image.ZImageTokenizer)
+
+
 def input_embedding_table(clip: Any, key: str) -> torch.Tensor:
     """[V, D]: the input-embedding table (token id -> row) of the encoder for embedding key `key`."""
     return text_encoder(clip, key).transformer.get_input_embeddings().weight
 
 
-def tokenize_with_weights(clip: Any, text: str) -> dict[str, list]:
-    """``clip.tokenize(text)``'s token structure, through per-call copies of the tokenizers: one without an
-    embedding directory gets an empty one, because the host looks ``embedding:`` words up only when a
-    directory is set (so a lookup the caller installed, embedding_lookup.slot_lookup, is asked)."""
+def tokenize_with_weights(clip: Any, text: str, ask_lookup: bool = True) -> dict[str, list]:
+    """``clip.tokenize(text)``'s token structure. With `ask_lookup`, through per-call copies of the tokenizers:
+    one without an embedding directory gets an empty one, because the host looks ``embedding:`` words up only when
+    a directory is set (so a lookup the caller installed, embedding_lookup.slot_lookup, is asked); without it,
+    exactly as ``clip.tokenize`` (a tokenizer without a directory reads ``embedding:`` words as text)."""
     tokenizer = copy.copy(clip.tokenizer)
     for attribute, sub in sub_tokenizers(clip):
-        if sub.embedding_directory is None:
+        if ask_lookup and sub.embedding_directory is None:
             patched = copy.copy(sub)
             patched.embedding_directory = []
             setattr(tokenizer, attribute, patched)
