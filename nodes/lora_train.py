@@ -92,14 +92,13 @@ class PrismLoRATrain:
               preview_cfg=7.0, preview_seed=0, preset="auto", guidance=3.5, unique_id=None):
         require(NODE, *training_uses(2, gradient_checkpointing))
         family = describe(model)  # the one decision of this run's model family (the run refuses a model or CLIP it cannot train)
-        flux = family.flux
         require(NODE, *family_uses(family.name, 2))
         config = LoraConfig(rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                             gradient_accumulation=gradient_accumulation, seed=seed, checkpoint_every=checkpoint_every)
         config = family_preset(config, family.presets, preset)
         label = "Stage 2"
         if family.presets == "flux":  # FLUX.1 and Z-Image: say which values ran
-            label = (f"Stage 2 {'FLUX.1' if flux else 'Z-Image'} ({preset}: lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, steps "
+            label = (f"Stage 2 {family.title} ({preset}: lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, steps "
                      f"{config.steps}, checkpoint_every {config.checkpoint_every}, accumulation {config.gradient_accumulation})")
         checkpoint_every = config.checkpoint_every
         options = RunOptions(max_batch=max_batch, training_dtype=training_dtype, gradient_checkpointing=gradient_checkpointing,

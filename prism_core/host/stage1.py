@@ -32,8 +32,8 @@ def family_config(family: ModelFamily, config: TokenConfig, preset: str, flux_cl
         return config, "Stage 1"
     values = (f"{preset}: residual_length {config.residual_length}, beta {config.beta:g}, lr {config.learning_rate:g}, "
               f"weight_decay {config.weight_decay:g}, accumulation {config.gradient_accumulation}")
-    if not family.flux:  # Z-Image: one text encoder, nothing kept fixed
-        return config, f"Stage 1 Z-Image ({values})"
+    if not family.flux:  # Z-Image, FLUX.2 Klein: one text encoder, nothing kept fixed
+        return config, f"Stage 1 {family.title} ({values})"
     if flux_clip_l not in ("fixed", "learned"):
         raise ValueError(f"flux_clip_l must be 'fixed' or 'learned', got {flux_clip_l!r}.")
     config = dataclasses.replace(config, frozen_encoders=family.frozen_encoders if flux_clip_l == "fixed" else ())

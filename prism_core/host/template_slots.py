@@ -19,8 +19,9 @@ from typing import Any
 from .internals.embedding_lookup import SlotRow
 from .internals.text_encoders import added_tokens, encoder_keys, tokenize_with_weights
 
-# Embedding keys of the text encoders whose prompts the host wraps in a chat template.
-TEMPLATE_ENCODERS = frozenset({"qwen3_4b"})
+# Embedding keys of the text encoders whose prompts the host wraps in a chat template (Z-Image's and FLUX.2
+# Klein 4B's Qwen3-4B, Klein 9B's Qwen3-8B).
+TEMPLATE_ENCODERS = frozenset({"qwen3_4b", "qwen3_8b"})
 
 
 def templated(clip: Any) -> bool:

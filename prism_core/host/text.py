@@ -20,7 +20,7 @@ from ..formats.token_bank import TARGET_SLOT, PrismTokens, is_slot, residual_slo
 from .internals.embedding_lookup import SlotRow, slot_lookup
 from .internals.text_encoders import (apply_clip_options, clip_layer_index, encode_chunk, encode_token_weights,
                                       encoder_keys, input_embedding_table, literal_chunk, tokenize_with_weights,
-                                      is_zimage_text_encoder, tokenizer_for, word_ids)
+                                      is_klein_text_encoder, is_zimage_text_encoder, tokenizer_for, word_ids)
 from .template_slots import TEMPLATE_ENCODERS, templated, tokenize_marked
 
 log = logging.getLogger("ConceptPrism")
@@ -31,7 +31,8 @@ FAMILY_NAMES = {
     ("clip_g", "clip_l"): "SDXL (clip_l + clip_g)",
     ("clip_l", "t5xxl"): "FLUX (clip_l + t5xxl)",
     ("clip_g", "clip_l", "t5xxl"): "SD3 (clip_l + clip_g + t5xxl)",
-    ("qwen3_4b",): "Z-Image (qwen3_4b)",
+    ("qwen3_4b",): "Z-Image or FLUX.2 Klein 4B (qwen3_4b)",
+    ("qwen3_8b",): "FLUX.2 Klein 9B (qwen3_8b)",
 }
 
 
@@ -172,15 +173,21 @@ def check_family(clip: Any, keys: tuple[str, ...], widths: dict[str, int], what:
 def check_text_encoders(family: str, clip: Any) -> None:
     """Raise ValueError, naming the fix, when the CLIP's text encoders (clip_l, t5xxl, qwen3_4b, ...) are not the
     MODEL's family's (`family`: family.ModelFamily.name): FLUX.1 needs CLIP-L + T5-XXL, Z-Image Qwen3-4B loaded
-    for Z-Image (not for FLUX.2 Klein, which reads the same file another way), SD models CLIP only."""
+    for Z-Image (not for FLUX.2 Klein, which reads the same file another way), FLUX.2 Klein its Qwen3 (4B or 8B)
+    loaded for Klein, SD models CLIP only."""
     keys = set(encoder_widths(clip))
     if family == "zimage" and (keys != {"qwen3_4b"} or not is_zimage_text_encoder(clip)):
         loaded = "Qwen3-4B loaded for another model (e.g. type flux2)" if keys == {"qwen3_4b"} else str(sorted(keys))
         raise ValueError(f"This Z-Image MODEL needs its Qwen3-4B text encoder, but the CLIP has {loaded}. Load it "
                          "with Load CLIP (type lumina2: qwen_3_4b.safetensors) and connect that CLIP.")
-    if family != "zimage" and "qwen3_4b" in keys:
-        raise ValueError(f"This MODEL is not Z-Image, but the CLIP is Z-Image's Qwen3-4B ({sorted(keys)}). Connect the "
-                         "text encoders of the model's own family.")
+    if family == "klein" and (keys not in ({"qwen3_4b"}, {"qwen3_8b"}) or not is_klein_text_encoder(clip)):
+        loaded = "a Qwen3 loaded for another model (e.g. type lumina2)" if keys <= {"qwen3_4b", "qwen3_8b"} else str(sorted(keys))
+        raise ValueError(f"This FLUX.2 Klein MODEL needs its Qwen3 text encoder, but the CLIP is {loaded}. Load it with "
+                         "Load CLIP, type flux2 (Klein 4B: qwen_3_4b.safetensors; Klein 9B: qwen_3_8b.safetensors), and "
+                         "connect that CLIP.")
+    if family not in ("zimage", "klein") and keys & {"qwen3_4b", "qwen3_8b"}:
+        raise ValueError(f"This MODEL is neither Z-Image nor FLUX.2 Klein, but the CLIP is a Qwen3 ({sorted(keys)}). Connect "
+                         "the text encoders of the model's own family.")
     flux = family == "flux1"
     if flux and keys != {"clip_l", "t5xxl"}:
         raise ValueError(f"This FLUX.1 MODEL needs FLUX's text encoders (CLIP-L + T5-XXL), but the CLIP has {sorted(keys)}. "

@@ -7,7 +7,7 @@ import comfy.model_sampling
 import comfy.sample
 
 RES = 64
-WORD = "<|vision_pad|>"  # Z-Image oracles' stand-in for a learned word: one of Qwen's special tokens, kept whole
+WORD = "<|vision_pad|>"  # Z-Image and Klein oracles' stand-in for a learned word: one of Qwen's special tokens, kept whole
 
 
 def host_outputs(model, clip, seed: int = 5):
@@ -93,18 +93,19 @@ def random_concept(n: int = 3, seed: int = 0, captions: tuple[str, ...] | None =
     return ConceptSet(images, tuple(f"{i}.png" for i in range(n)), captions or ("",) * n, RES, "test")
 
 
-def zimage_cond(clip, prompt: str, rows: list[torch.Tensor]):
+def llm_cond(clip, prompt: str, rows: list[torch.Tensor], key: str = "qwen3_4b"):
     """(cond [1, L, D], L): `prompt` (WORD where each learned word stands) through the host's own tokenizer and
-    template, each WORD token replaced by the next of `rows` ([n, D] each: n vectors in its place) as the host
-    takes embedding vectors in a token list, encoded by the host's encode_from_tokens."""
+    template (Z-Image's, FLUX.2 Klein's: the text encoder `key`), each WORD token replaced by the next of `rows`
+    ([n, D] each: n vectors in its place) as the host takes embedding vectors in a token list, encoded by the
+    host's encode_from_tokens; L counts the tokens the attention mask keeps."""
     tokens = clip.tokenize(prompt)
-    word = clip.tokenizer.qwen3_4b.tokenizer.convert_tokens_to_ids(WORD)
+    word = getattr(clip.tokenizer, key).tokenizer.convert_tokens_to_ids(WORD)
     queue = iter(rows)
     chunk = []
-    for token, weight, *rest in tokens["qwen3_4b"][0]:
+    for token, weight, *rest in tokens[key][0]:
         if token == word:
             chunk += [(vector, weight, *rest) for vector in next(queue)]
         else:
             chunk.append((token, weight, *rest))
-    out = clip.encode_from_tokens({"qwen3_4b": [chunk]}, return_dict=True)
+    out = clip.encode_from_tokens({key: [chunk]}, return_dict=True)
     return out["cond"], int(out["attention_mask"].sum()) if out.get("attention_mask") is not None else out["cond"].shape[1]

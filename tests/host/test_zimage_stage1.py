@@ -17,7 +17,7 @@ import comfy.model_management  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import comfy.text_encoders.llama  # noqa: E402
 
-from host_checks import RES, WORD, module_state, random_concept, zimage_cond as oracle_cond  # noqa: E402
+from host_checks import RES, WORD, module_state, random_concept, llm_cond as oracle_cond  # noqa: E402
 from comfyui_conceptprism.prism_core.training.config import TokenConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.training.stage1 import TokenParameters, micro_step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.training.schedule import MicroStep  # noqa: E402
@@ -297,13 +297,16 @@ def test_the_node_runs_the_auto_preset_and_previews_at_cfg_1(zimage, monkeypatch
     input), and previews at cfg 1 (as Z-Image Turbo samples) while preview_cfg is at its default."""
     from host_checks import widget_defaults
     from comfyui_conceptprism.nodes.optimize_tokens import OptimizePrismTokens
-    import comfyui_conceptprism.prism_core.host.previews as previews_module
-    seen_switch, render = [], previews_module.render
+    # the globals the node's previews render with (other host tests load the pack again under the host's loader,
+    # so the module is reached through the node, not by name)
+    previews_globals = (OptimizePrismTokens.optimize.__globals__["training_previews"].__globals__["TrainingPreviews"]
+                        .render_step.__globals__)
+    seen_switch, render = [], previews_globals["render"]
 
     def recording(*args, **kwargs):
         seen_switch.append(_switch())
         return render(*args, **kwargs)
-    monkeypatch.setattr(previews_module, "render", recording)
+    monkeypatch.setitem(previews_globals, "render", recording)
     with torch.inference_mode():
         tokens, previews = OptimizePrismTokens().optimize(zimage.model, zimage.clip, zimage.vae, random_concept(),
                                                           **{**widget_defaults(OptimizePrismTokens), "steps": 1,

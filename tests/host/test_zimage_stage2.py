@@ -20,7 +20,7 @@ import comfy.supported_models  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
 from host_checks import RES, WORD, host_outputs, module_state, random_concept, stage2_run, widget_defaults  # noqa: E402
-from host_checks import zimage_cond as oracle_cond  # noqa: E402
+from host_checks import llm_cond as oracle_cond  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.prism_core.training.config import LoraConfig  # noqa: E402

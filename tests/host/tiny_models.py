@@ -121,6 +121,34 @@ def flux2_shaped() -> comfy.model_base.BaseModel:
     return config.get_model({})
 
 
+def klein_shaped(seed: int = 0, dtype: torch.dtype = torch.float32, text_width: int = 64, guidance: bool = False,
+                 context_in_dim: int | None = None) -> comfy.model_base.BaseModel:
+    """A tiny FLUX.2 Klein transformer (hosts with FLUX.2 Klein, 0.33.0 on): the host's FLUX.2 config as model
+    detection describes a FLUX.2 checkpoint (global modulation, SiLU-gated MLP, no biases, patch size 1, 128 latent
+    channels), hidden 64 in 4 heads, 1 double + 1 single block, a text input of 3 x `text_width` (Klein stacks three
+    of its Qwen3's layers; `context_in_dim` overrides it), no pooled input, a guidance embedding with `guidance`;
+    weights stored in `dtype` (fp8 with float32 manual cast). Not initialised (`build` does)."""
+    config = comfy.supported_models.Flux2(_accepted_by_host({
+        "image_model": "flux2", "axes_dim": [4, 4, 4, 4], "num_heads": 4, "mlp_ratio": 3.0, "theta": 2000,
+        "in_channels": 128, "out_channels": 128, "global_modulation": True, "mlp_silu_act": True, "qkv_bias": False,
+        "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0, "txt_ids_dims": [3], "patch_size": 1,
+        "vec_in_dim": None, "context_in_dim": context_in_dim or 3 * text_width, "hidden_size": 64, "depth": 1,
+        "depth_single_blocks": 1, "guidance_embed": guidance}))
+    config.set_inference_dtype(dtype, torch.float32 if dtype.itemsize == 1 else None)
+    return config.get_model({})
+
+
+def _klein_clip(name: str, width: int, embedding_directory: str | None, clip_options: dict) -> comfy.sd.CLIP:
+    """FLUX.2 Klein's text encoder as Load CLIP (type flux2) builds it: Qwen3 (4B: key qwen3_4b, 9B: qwen3_8b) at
+    `width` with 28 layers (Klein conditions on layers 9, 18 and 27), its KleinTokenizer and chat template, prompts
+    padded to 512 tokens."""
+    flux_text = importlib.import_module("comfy.text_encoders.flux")
+    tokenizer = flux_text.KleinTokenizer if name == "qwen3_4b" else flux_text.KleinTokenizer8B
+    config = {**_qwen3_config(width), "num_hidden_layers": 28}
+    return comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(tokenizer, flux_text.klein_te(model_type=name)),
+                         embedding_directory=embedding_directory, model_options={**clip_options, f"{name}_model_config": config})
+
+
 def zimage_shaped(seed: int = 0, dtype: torch.dtype = torch.float32, cap_feat_dim: int = 64) -> comfy.model_base.BaseModel:
     """A tiny Z-Image transformer (hosts with supported_models.ZImage, 0.3.75 on): the host's Z-Image config and
     its Lumina2 / NextDiT classes with small sizes (dim 256, the least its modulation takes, 8 heads of
@@ -176,7 +204,8 @@ def build(family: str, seed: int = 0, embedding_directory: str | None = None, un
     the values a model stored in that dtype holds (a float32 twin of a float16/bfloat16 build).
     Families: "sd15", "sd2v", "sdxl", "flux" (FLUX.1-dev shaped: guidance embedding, ModelSamplingFlux) and
     "flux-schnell" (no guidance embedding, discrete flow sampling), "zimage" (Z-Image: NextDiT + Qwen3 with the
-    real tokenizer and chat template); t5_width / qwen_width: the FLUX T5's / Z-Image Qwen3's width (their
+    real tokenizer and chat template), "klein4b" / "klein9b" (FLUX.2 Klein with its Qwen3 4B / 8B shaped at widths
+    64 / 96; "klein4b-guided": with a guidance embedding); t5_width / qwen_width: the FLUX T5's / Z-Image Qwen3's width (their
     vocabularies stay the real 32,128 / 151,936 rows)."""
     clip_options = {"dtype": clip_dtype} if clip_dtype is not None else {}
     with torch.inference_mode():
@@ -212,13 +241,17 @@ def build(family: str, seed: int = 0, embedding_directory: str | None = None, un
             clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(z_image.ZImageTokenizer, z_image.te()),
                                  embedding_directory=embedding_directory,
                                  model_options={**clip_options, "qwen3_4b_model_config": _qwen3_config(qwen_width)})
+        elif family in ("klein4b", "klein9b", "klein4b-guided"):
+            name, width = ("qwen3_4b", 64) if family.startswith("klein4b") else ("qwen3_8b", 96)
+            unet = klein_shaped(seed, unet_dtype, width, guidance=family.endswith("guided"))
+            clip = _klein_clip(name, width, embedding_directory, clip_options)
         else:
             raise ValueError(family)
         _init_(unet.diffusion_model, seed, rounded_like)
         _init_(clip.cond_stage_model, seed + 1, rounded_like)
         device = comfy.model_management.get_torch_device()
         model = comfy.model_patcher.ModelPatcher(unet, load_device=device, offload_device=device)
-        vae = _vae(seed + 2, 16 if family.startswith("flux") or family == "zimage" else 4)
+        vae = _vae(seed + 2, model.model.latent_format.latent_channels)
     return TinyModels(family, model, clip, vae)
 
 

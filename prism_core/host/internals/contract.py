@@ -35,14 +35,14 @@ TEXT_TRAINING = "text_training"    # Stage 1: gradients through the text encoder
 FLUX_TEXT_TRAINING = "flux_text_training"  # Stage 1 on FLUX.1: gradients through T5 too
 TRAINING = "training"              # both stages: training clones of frozen host models
 FLUX_TRAINING = "flux_training"    # either stage on FLUX.1
-ZIMAGE_TEXT_TRAINING = "zimage_text_training"  # Stage 1 on Z-Image: gradients through Qwen3-4B
-ZIMAGE_TRAINING = "zimage_training"  # either stage on Z-Image
+QWEN3_TEXT_TRAINING = "qwen3_text_training"  # Stage 1 on Z-Image / FLUX.2 Klein: gradients through Qwen3
+TRAINING_SWITCH = "training_switch"  # either stage on Z-Image / FLUX.2 Klein: the host's in_training switch
 CHECKPOINTING = "checkpointing"    # gradient checkpointing on
 LORA = "lora"                      # Stage 2: trainable adapters and their names in LoRA files
 SCORING = "scoring"                # CLIP-T and CLIP-I (Concept Score, the sweep)
 DINO = "dino"                      # the DINO metric, where a DINOv2 model is connected
 LINKS = "links"                    # Load Concept Set's link-type check, where an input is linked
-USES = (TOKENS, TEXT_TRAINING, FLUX_TEXT_TRAINING, TRAINING, FLUX_TRAINING, ZIMAGE_TEXT_TRAINING, ZIMAGE_TRAINING,
+USES = (TOKENS, TEXT_TRAINING, FLUX_TEXT_TRAINING, TRAINING, FLUX_TRAINING, QWEN3_TEXT_TRAINING, TRAINING_SWITCH,
         CHECKPOINTING, LORA, SCORING, DINO, LINKS)
 # The modules a ComfyUI install's own symbols live in: a symbol found elsewhere was replaced by another custom node.
 HOST_PACKAGES = ("comfy", "comfy_extras", "comfy_execution", "comfy_api", "nodes", "node_helpers", "folder_paths")
@@ -348,12 +348,12 @@ INTERNALS: tuple[Internal, ...] = (
              "training: comfy-kitchen's op has no backward", _uses(FLUX_TRAINING), "test_flux_rope", _probe_flux_rope),
     Internal("comfy.ldm.flux.model.FluxParams.guidance_embed", "to tell whether FLUX.1 reads the guidance input "
              "(dev) or not (schnell)", _uses(FLUX_TRAINING), "test_flux_guidance", _probe_flux_guidance),
-    Internal("comfy.text_encoders.llama.TransformerBlock", "to give Qwen3's blocks (Z-Image's text encoder) an "
+    Internal("comfy.text_encoders.llama.TransformerBlock", "to give Qwen3's blocks (Z-Image's and FLUX.2 Klein's text encoder) an "
              "out-of-place forward while training: 0.33.0's adds its MLP residual into its input",
-             _uses(ZIMAGE_TEXT_TRAINING), "test_qwen3_block", _probe_qwen3_block),
-    Internal("comfy.model_management.in_training", "to switch Z-Image's (and FLUX's) RoPE and q/k norm from "
+             _uses(QWEN3_TEXT_TRAINING), "test_qwen3_block", _probe_qwen3_block),
+    Internal("comfy.model_management.in_training", "to switch Z-Image's and FLUX's RoPE and q/k norm from "
              "comfy-kitchen's fused kernels, which have no backward, to the host's plain-torch path while training",
-             _uses(ZIMAGE_TRAINING), "test_training_switch", _probe_training_switch),
+             _uses(TRAINING_SWITCH), "test_training_switch", _probe_training_switch),
     Internal("comfy_extras.nodes_train.find_all_highest_child_module_with_forward / patch", "to checkpoint the "
              "top-level blocks (and the text encoders' layers) as the host's Train LoRA node does", _uses(CHECKPOINTING), "test_checkpointing_helpers",
              _probe_checkpointing),
@@ -389,11 +389,14 @@ def training_uses(stage: int, checkpointing: bool) -> tuple[str, ...]:
 
 def family_uses(family: str, stage: int) -> tuple[str, ...]:
     """What a model family (family.ModelFamily.name) adds: FLUX.1 its blocks and RoPE, and in Stage 1 its T5;
-    Z-Image the training switch, and in Stage 1 its Qwen3 blocks; SD nothing."""
+    Z-Image the training switch, and in Stage 1 its Qwen3 blocks; FLUX.2 Klein both FLUX's and the Qwen3 ones;
+    SD nothing."""
     if family == "flux1":
         return (FLUX_TRAINING, FLUX_TEXT_TRAINING) if stage == 1 else (FLUX_TRAINING,)
     if family == "zimage":
-        return (ZIMAGE_TRAINING, ZIMAGE_TEXT_TRAINING) if stage == 1 else (ZIMAGE_TRAINING,)
+        return (TRAINING_SWITCH, QWEN3_TEXT_TRAINING) if stage == 1 else (TRAINING_SWITCH,)
+    if family == "klein":  # FLUX.2's blocks and RoPE are FLUX.1's classes; its encoder is Qwen3
+        return (FLUX_TRAINING, TRAINING_SWITCH, QWEN3_TEXT_TRAINING) if stage == 1 else (FLUX_TRAINING, TRAINING_SWITCH)
     return ()
 
 

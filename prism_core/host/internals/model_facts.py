@@ -72,6 +72,26 @@ def is_zimage(patcher: Any) -> bool:
             and getattr(config, "unet_config", {}).get("image_model") == "lumina2")
 
 
+# FLUX.2-dev's text input: three stacked layers of Mistral-Small 3's 5120-wide states (comfy/text_encoders/flux.py).
+FLUX2_DEV_TEXT_INPUT = 3 * 5120
+
+
+def is_flux2(patcher: Any) -> bool:
+    """A FLUX.2 transformer (model_base.Flux2, image_model "flux2", ComfyUI after v0.8.0): Klein 4B / 9B or
+    FLUX.2-dev; `text_input_width` tells them apart."""
+    model = patcher.model
+    flux2 = getattr(comfy.model_base, "Flux2", None)
+    image_model = getattr(getattr(model, "model_config", None), "unet_config", {}).get("image_model")
+    return flux2 is not None and isinstance(model, flux2) and image_model == "flux2"
+
+
+def text_input_width(patcher: Any) -> int | None:
+    """The width of the text states a FLUX transformer reads (its config's context_in_dim, which the host's model
+    detection takes from the checkpoint's txt_in weight): FLUX.2 Klein 3 x 2560 (4B) or 3 x 4096 (9B),
+    FLUX.2-dev 3 x 5120 (FLUX2_DEV_TEXT_INPUT)."""
+    return getattr(getattr(patcher.model, "model_config", None), "unet_config", {}).get("context_in_dim")
+
+
 def condition_tensors(extras: dict[str, Any]) -> dict[str, Any]:
     """{model input name: tensor} of ``BaseModel.extra_conds``' result (``comfy.conds.CONDRegular`` objects
     holding their tensor as ``.cond``; a ``CONDConstant`` holds a plain value, e.g. Z-Image's num_tokens, an int)."""

@@ -101,6 +101,15 @@ def is_zimage_text_encoder(clip: Any) -> bool:
     return isinstance(clip.tokenizer, z_image.ZImageTokenizer)
 
 
+def is_klein_text_encoder(clip: Any) -> bool:
+    """Whether `clip` is a Qwen3 loaded for FLUX.2 Klein (Load CLIP type flux2: the host's KleinTokenizer and its
+    chat template; its encoder stacks layers 9, 18 and 27). False on hosts without Klein."""
+    import importlib
+    flux_text = importlib.import_module("comfy.text_encoders.flux")
+    klein = getattr(flux_text, "KleinTokenizer", None)
+    return klein is not None and isinstance(clip.tokenizer, klein)
+
+
 def input_embedding_table(clip: Any, key: str) -> torch.Tensor:
     """[V, D]: the input-embedding table (token id -> row) of the encoder for embedding key `key`."""
     return text_encoder(clip, key).transformer.get_input_embeddings().weight

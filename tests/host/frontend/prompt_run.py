@@ -31,6 +31,8 @@ def family_for(workflow_file: Path) -> str:
     name = workflow_file.stem.lower()
     if "z-image" in name:
         return "zimage"
+    if "klein" in name:
+        return "klein4b"
     if "flux" in name:
         return "flux"
     if "sdxl" in name:

@@ -49,7 +49,7 @@ class PrismTestTinyCheckpointLoader:
         return (models.model, models.clip, models.vae)
 
 
-FAMILIES = ("sd15", "sd2v", "sdxl", "flux", "zimage")
+FAMILIES = ("sd15", "sd2v", "sdxl", "flux", "zimage", "klein4b")
 
 
 def _tiny(family: str):
@@ -101,7 +101,7 @@ class PrismTestTinyVAELoader(_TinyPart):
 
 # The pooled text width of each tiny family's CLIP (tiny_models: clip_l 768, clip_h 1024, SDXL's clip_g 1280):
 # a tiny CLIP vision tower projects to it, as a real one projects to its text half's width.
-TEXT_WIDTHS = {"sd15": 768, "sd2v": 1024, "sdxl": 1280, "flux": 768, "zimage": 64}
+TEXT_WIDTHS = {"sd15": 768, "sd2v": 1024, "sdxl": 1280, "flux": 768, "zimage": 64, "klein4b": 64}
 _VISION: dict[tuple[str, str], object] = {}
 
 
