@@ -45,7 +45,7 @@ class PrismLoRATrain:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model the tokens were learned with (SD1.x, SD2.x incl. v-prediction, SDXL, FLUX.1 dev or schnell, Z-Image). Left unchanged."}),
+                "model": ("MODEL", {"tooltip": "The diffusion model the tokens were learned with (SD1.x, SD2.x incl. v-prediction, SDXL, FLUX.1 dev or schnell, Z-Image, FLUX.2 Klein). Left unchanged."}),
                 "clip": ("CLIP", {"tooltip": "Encodes the training prompts once per run. Left unchanged."}),
                 "vae": ("VAE", {"tooltip": "Encodes the reference images once per run."}),
                 "concept_set": (CONCEPT_SET, {"tooltip": "The concept set the tokens were learned on (same images, same order)."}),

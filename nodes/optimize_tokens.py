@@ -35,8 +35,8 @@ class OptimizePrismTokens:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL, FLUX.1 dev or schnell, Z-Image). Left unchanged."}),
-                "clip": ("CLIP", {"tooltip": "The model's text encoder(s) (FLUX.1: CLIP-L + T5-XXL from DualCLIPLoader; Z-Image: Qwen3-4B from Load CLIP); its CLIPSetLastLayer setting is honoured. Left unchanged."}),
+                "model": ("MODEL", {"tooltip": "The diffusion model (SD1.x, SD2.x incl. v-prediction, SDXL, FLUX.1 dev or schnell, Z-Image, FLUX.2 Klein 4B or 9B). Left unchanged."}),
+                "clip": ("CLIP", {"tooltip": "The model's text encoder(s) (FLUX.1: CLIP-L + T5-XXL from DualCLIPLoader; Z-Image: Qwen3-4B from Load CLIP type lumina2; FLUX.2 Klein: its Qwen3 from Load CLIP type flux2); its CLIPSetLastLayer setting is honoured. Left unchanged."}),
                 "vae": ("VAE", {"tooltip": "Encodes the reference images once per run."}),
                 "concept_set": (CONCEPT_SET, {"tooltip": "From Load Concept Set."}),
                 "target_length": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": _tip("target_length")}),

@@ -28,7 +28,7 @@ def preview_inputs(what: str) -> dict:
             "Sampler steps per preview image (KSampler's steps). Few are enough to see the concept; cost grows linearly.")}),
         "preview_sampler": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler", "tooltip": "KSampler's sampler_name for the previews."}),
         "preview_scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal", "tooltip": "KSampler's scheduler for the previews."}),
-        "preview_cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "KSampler's cfg for the previews. FLUX.1 takes guidance, not cfg: with preset auto a FLUX.1 (and Z-Image) model previews at cfg 1 while this is at its default 7, and the node's guidance goes on the preview prompt as FluxGuidance would put it."}),
+        "preview_cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "KSampler's cfg for the previews. FLUX.1 takes guidance, not cfg: with preset auto a FLUX.1, Z-Image or FLUX.2 Klein model previews at cfg 1 while this is at its default 7, and the node's guidance goes on the preview prompt as FluxGuidance would put it."}),
         "preview_seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": (
             "KSampler's seed for the previews: the same for every preview, so they differ only by training.")}),
     }

@@ -9,7 +9,7 @@ TRAINING_DTYPE_TIP = (
     "Precision the diffusion model computes in while training, whatever dtype the checkpoint was loaded in (ComfyUI "
     "loads SD checkpoints in float16 on most GPUs). auto (default): the first precision ComfyUI allows for this model "
     "that the GPU runs, in ComfyUI's order: SD float16 with dynamic loss scaling (measured: the float32 gradient to a "
-    "cosine of 0.9999999, for about half the memory and time), FLUX.1 bfloat16 (float16 on cards without it), Z-Image bfloat16 (else the next ComfyUI allows); float32 "
+    "cosine of 0.9999999, for about half the memory and time), FLUX.1 bfloat16 (float16 on cards without it), Z-Image and FLUX.2 Klein bfloat16 (else the next ComfyUI allows); float32 "
     "on the CPU. float32: exact, about 2x the memory and time on a GPU. bfloat16: half the activation memory, "
     "gradients slightly rounded. float16: loss-scaled (an overflowing step is skipped and the scale lowered). ")
 
@@ -31,11 +31,11 @@ def family_inputs(flux_values: str, guidance_note: str) -> dict:
     the stage feeds guidance and which value to use."""
     return {
         "preset": (list(PRESETS), {"default": "auto", "tooltip": (
-            f"auto: SD models train with the values set here; FLUX.1 and Z-Image models train with the reference FLUX values "
+            f"auto: SD models train with the values set here; FLUX.1, Z-Image and FLUX.2 Klein models train with the reference FLUX values "
             f"({flux_values}) in those widgets still at their SD default, so values you change are kept (the node's "
             "progress text shows the values that ran). widgets: every value exactly as set here (needed to run an SD "
             "default on FLUX).")}),
         "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": (
-            f"FLUX.1-dev's guidance input while training{guidance_note}. Ignored by FLUX.1-schnell, "
-            "Z-Image and SD models.")}),
+            f"FLUX.1-dev's (and a guidance-embedding FLUX.2 Klein's) guidance input while training{guidance_note}. Ignored "
+            "by FLUX.1-schnell, Klein checkpoints without a guidance embedding, Z-Image and SD models.")}),
     }

@@ -151,7 +151,8 @@ def encode_latents(model: Any, vae: Any, images: torch.Tensor) -> torch.Tensor:
         latents = vae.encode(images[..., :3]).clone()
         if latents.shape[1] != wanted:
             raise ValueError(f"The VAE makes {latents.shape[1]}-channel latents, but this MODEL takes {wanted}-channel ones: "
-                             "connect the VAE of this model (FLUX.1: ae.safetensors with Load VAE; SD: the checkpoint's VAE).")
+                             "connect the VAE of this model (Load VAE: FLUX.1 and Z-Image ae.safetensors, FLUX.2 Klein "
+                             "flux2-vae.safetensors; SD: the checkpoint's VAE).")
         return model.model.process_latent_in(latents).float()
 
 

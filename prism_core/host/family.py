@@ -106,6 +106,25 @@ def sd_lora_family(model: Any) -> BaseFamily | None:
     return None
 
 
+# FLUX.2 Klein's sizes by the width of one Qwen3 layer it reads (qwen_3_4b: 2560, qwen_3_8b: 4096).
+KLEIN_SIZES = {2560: "Klein 4B", 4096: "Klein 9B"}
+
+
+def check_clip(family: str, model: Any, clip: Any) -> None:
+    """Raise ValueError, naming the fix, when `clip` is not the text encoder the MODEL of `family` (ModelFamily.name)
+    reads (text.check_text_encoders), or, for FLUX.2 Klein, a Qwen3 of another size than the model's text input
+    (three layers of the encoder's width). Stage 1 asks it in `describe`, Stage 2 when its run gets the CLIP."""
+    text.check_text_encoders(family, clip)
+    if family != "klein":
+        return
+    reads, width = text_input_width(model), next(iter(text.encoder_widths(clip).values()))
+    if reads != 3 * width:
+        size = KLEIN_SIZES.get(reads // 3, f"three Qwen3 layers of {reads // 3}")
+        raise ValueError(f"This FLUX.2 Klein MODEL ({size}) reads text states {reads} wide, but the CLIP's Qwen3 is {width} "
+                         "wide. Load the encoder of this Klein size with Load CLIP, type flux2 (Klein 4B: "
+                         "qwen_3_4b.safetensors; Klein 9B: qwen_3_8b.safetensors).")
+
+
 def describe(model: Any, clip: Any | None = None, stage2: bool = False) -> ModelFamily:
     """The family of `model` (a MODEL patcher) with `clip`'s text encoders, decided once.
 
@@ -143,11 +162,7 @@ def describe(model: Any, clip: Any | None = None, stage2: bool = False) -> Model
         raise ValueError(refusal)
     widths = text.encoder_widths(clip) if clip is not None else {}
     if clip is not None:
-        text.check_text_encoders(name, clip)
-        if klein and text_input_width(model) != 3 * next(iter(widths.values())):
-            raise ValueError(f"This FLUX.2 Klein MODEL reads text states {text_input_width(model)} wide (three Qwen3 layers of "
-                             f"{text_input_width(model) // 3}), but the CLIP's Qwen3 is {next(iter(widths.values()))} wide. Load "
-                             "the encoder of this Klein size (4B: qwen_3_4b.safetensors; 9B: qwen_3_8b.safetensors).")
+        check_clip(name, model, clip)
     # eps and v models draw t ~ U{0..T-1} of their discrete schedule (paper Sec. 4.1); flow models draw sigma ~
     # U(0, 1] on FLOW_SIGMA_LEVELS directly: FLUX's and Z-Image's stored sigmas are shifted (Z-Image: shift 3 in
     # the host's ZImage config), so a uniform index would not be a uniform sigma. Uniform sigma is the paper's

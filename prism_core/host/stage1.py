@@ -94,7 +94,7 @@ def learn_tokens(model: Any, clip: Any, vae: Any, concept: ConceptSet, config: T
                                                          _preview_hook(previews, model, concept, backend))
     settings = {**config.to_dict(), "resolution": concept.resolution, "residual_init": starts,
                 "training_dtype": backend.compute_dtype, "clip_layer": text.clip_layer(clip),
-                "prediction_target": backend.target_kind, "skipped_steps": len(history.skipped),
+                "prediction_target": backend.target_kind, "skipped_steps": len(history.skipped), "family": family.name,
                 **({"guidance": options.guidance} if family.reads_guidance else {})}
     report_skipped_steps("Stage 1", history.skipped, config.steps, "tokens", node_id)
     return PrismTokens(target, residuals, list(concept.captions), list(concept.names), settings, history)

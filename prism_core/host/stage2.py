@@ -17,7 +17,7 @@ from ..formats.token_bank import PrismTokens
 from . import lora_layers, text
 from .internals.lora_adapters import trainable_parameters
 from .diffusion import compute_dtype as resolve_dtype, dtype_name, encode_latents, training_conditionings
-from .family import ModelFamily
+from .family import ModelFamily, check_clip
 from .lora_targets import adapted_layers, lora_targets
 from .stage2_backend import ComfyStage2Backend
 from .previews import TrainingPreviews
@@ -30,7 +30,8 @@ log = logging.getLogger("ConceptPrism")
 
 def check_tokens_match(clip: Any, tokens: PrismTokens, concept: ConceptSet) -> None:
     """The tokens must come from this CLIP's family and from this concept set's images."""
-    text.check_family(clip, tokens.encoder_keys, {k: v.shape[1] for k, v in tokens.target.items()}, "These ConceptPrism tokens")
+    text.check_family(clip, tokens.encoder_keys, {k: v.shape[1] for k, v in tokens.target.items()}, "These ConceptPrism tokens",
+                      tokens.settings.get("family"))
     if len(tokens.image_names) != len(concept):
         raise ValueError(
             f"The tokens were learned on {len(tokens.image_names)} images but the concept set has {len(concept)}: each image "
@@ -69,7 +70,7 @@ def train_concept_lora(
     lora_family, guided = family.lora, family.reads_guidance
     if lora_family is None:
         raise ValueError(family.lora_refusal)
-    text.check_text_encoders(family.name, clip)
+    check_clip(family.name, model, clip)
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
     learned_guidance = tokens.settings.get("guidance")

@@ -28,7 +28,7 @@ def placeholder_conditioning(clip: Any, tokens: PrismTokens, prompt: str, placeh
     mode with tokens that have none; warns (as `where`; None: no warning, e.g. for previews of the run itself)
     when the CLIP uses another layer than the tokens were learned with."""
     widths = {k: v.shape[1] for k, v in tokens.target.items()}
-    text.check_family(clip, tokens.encoder_keys, widths, "These ConceptPrism tokens")
+    text.check_family(clip, tokens.encoder_keys, widths, "These ConceptPrism tokens", tokens.settings.get("family"))
     if where is not None:
         text.warn_on_other_clip_layer(clip, tokens, where)
     if mode != "target" and tokens.residual_length == 0:

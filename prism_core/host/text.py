@@ -159,8 +159,25 @@ def slot_lengths_for(target: dict[str, torch.Tensor], residuals: dict[str, torch
     return lengths
 
 
-def check_family(clip: Any, keys: tuple[str, ...], widths: dict[str, int], what: str) -> None:
-    """Raise if vectors learned for encoders `keys` with `widths` cannot go into this CLIP."""
+# How a Qwen3 is read, by the model it was loaded for: the same file and embedding key, another chat template and
+# other layers (tokens learned one way do not mean the same the other way).
+QWEN3_READERS = {"zimage": "Z-Image (Load CLIP type lumina2)", "klein": "FLUX.2 Klein (Load CLIP type flux2)"}
+
+
+def qwen3_reader(clip: Any) -> str | None:
+    """"zimage" or "klein" for a Qwen3 loaded for that model, None for any other CLIP."""
+    return "zimage" if is_zimage_text_encoder(clip) else "klein" if is_klein_text_encoder(clip) else None
+
+
+def check_family(clip: Any, keys: tuple[str, ...], widths: dict[str, int], what: str, learned_with: str | None = None) -> None:
+    """Raise if vectors learned for encoders `keys` with `widths` cannot go into this CLIP; `learned_with`: the model
+    family the tokens were learned for (their settings' "family"), which for a Qwen3 must be the one the CLIP was
+    loaded for."""
+    now = qwen3_reader(clip)
+    if learned_with in QWEN3_READERS and now in QWEN3_READERS and now != learned_with:
+        raise ValueError(f"{what} were learned with {QWEN3_READERS[learned_with]}'s Qwen3, but this CLIP is loaded for "
+                         f"{QWEN3_READERS[now]}: the same encoder file read with another chat template and other layers. "
+                         "Connect the CLIP the tokens were trained with, or train new tokens for this model.")
     clip_widths = encoder_widths(clip)
     if set(keys) != set(clip_widths) or any(clip_widths[k] != widths[k] for k in keys):
         raise ValueError(
@@ -185,13 +202,13 @@ def check_text_encoders(family: str, clip: Any) -> None:
         raise ValueError(f"This FLUX.2 Klein MODEL needs its Qwen3 text encoder, but the CLIP is {loaded}. Load it with "
                          "Load CLIP, type flux2 (Klein 4B: qwen_3_4b.safetensors; Klein 9B: qwen_3_8b.safetensors), and "
                          "connect that CLIP.")
-    if family not in ("zimage", "klein") and keys & {"qwen3_4b", "qwen3_8b"}:
-        raise ValueError(f"This MODEL is neither Z-Image nor FLUX.2 Klein, but the CLIP is a Qwen3 ({sorted(keys)}). Connect "
-                         "the text encoders of the model's own family.")
     flux = family == "flux1"
     if flux and keys != {"clip_l", "t5xxl"}:
         raise ValueError(f"This FLUX.1 MODEL needs FLUX's text encoders (CLIP-L + T5-XXL), but the CLIP has {sorted(keys)}. "
                          "Load them with DualCLIPLoader (type flux: clip_l and t5xxl) and connect that CLIP.")
-    if not flux and "t5xxl" in keys:
+    if family == "sd" and keys & {"qwen3_4b", "qwen3_8b"}:
+        raise ValueError(f"This MODEL is an SD model, but the CLIP is a Qwen3 (Z-Image's or FLUX.2 Klein's: {sorted(keys)}). "
+                         "Connect the CLIP of the same checkpoint (Load Checkpoint's CLIP output).")
+    if family == "sd" and "t5xxl" in keys:
         raise ValueError(f"This MODEL is an SD model, but the CLIP has FLUX's/SD3's text encoders ({sorted(keys)}). Connect the "
                          "CLIP of the same checkpoint (Load Checkpoint's CLIP output), or load a FLUX.1 model.")

@@ -309,9 +309,23 @@ def test_flux2_dev_and_mismatched_encoders_are_refused(klein):
     patcher = comfy.model_patcher.ModelPatcher(dev, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
     with pytest.raises(ValueError, match="FLUX.2-dev"):
         describe(patcher)
-    with pytest.raises(ValueError, match="qwen_3_8b"):
+    with pytest.raises(ValueError, match=r"reads text states 288 wide, but the CLIP's Qwen3 is 64 wide.*qwen_3_8b"):
         describe(large.model, small.clip)
-    import comfy.supported_models
-    if hasattr(comfy.supported_models, "ZImage"):
-        with pytest.raises(ValueError, match="type flux2"):
-            describe(small.model, tiny_models.build("zimage", 0).clip)
+    with torch.inference_mode():  # a real 9B's text input (3 x 4096) is named by its size
+        nine = tiny_models.klein_shaped(context_in_dim=3 * 4096)
+    nine = comfy.model_patcher.ModelPatcher(nine, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"\(Klein 9B\) reads text states 12288 wide"):
+        describe(nine, small.clip)
+    # a Stage 2 run (its node describes the model alone) refuses the same pairing before any work
+    with torch.inference_mode(), pytest.raises(ValueError, match="reads text states 288 wide"):
+        train_concept_lora(large.model, small.clip, large.vae, random_concept(), _bank(small, "qwen3_4b"), LoraConfig(steps=1),
+                           describe(large.model, stage2=True))
+    zimage = tiny_models.build("zimage", 0)
+    with pytest.raises(ValueError, match="type flux2"):
+        describe(small.model, zimage.clip)
+    # tokens learned for Z-Image (the same qwen3_4b key and width) are refused in a Klein CLIP, and the reverse
+    for learned, clip, loaded in (("zimage", small.clip, "FLUX.2 Klein"), ("klein", zimage.clip, "Z-Image")):
+        tokens = _bank(small, "qwen3_4b")
+        tokens.settings["family"] = learned
+        with torch.inference_mode(), pytest.raises(ValueError, match=f"loaded for {loaded}"):
+            PrismConditioning().encode(clip, tokens, "a photo of [V]", "[V]", "target", 0)

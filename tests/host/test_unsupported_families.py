@@ -39,5 +39,5 @@ def test_a_lumina_2_model_is_refused_by_both_training_nodes_before_any_work(lumi
         PrismLoRATrain().train(lumina2, flux.clip, flux.vae, random_concept(2), tokens, **{**widget_defaults(PrismLoRATrain), "steps": 1})
     for refused in (stage1, stage2):
         message = str(refused.value)
-        assert "Lumina2" in message and "does not train yet" in message and "Z-Image diffusion model" in message, message
+        assert "Lumina2" in message and "does not train yet" in message and "FLUX.2 Klein diffusion model" in message, message
     assert all(torch.equal(v, state[k]) for k, v in lumina2.model.state_dict().items())  # nothing ran on it
