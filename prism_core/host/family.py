@@ -41,7 +41,8 @@ class ModelFamily:
     name: "sd" (SD1.x, SD2.x, SDXL), "flux1", "zimage" or "klein" (FLUX.2 Klein); target: the native training target, "eps", "v" or "flow" (losses.native_coefficients); schedule_levels: how
     many timestep indices a plan draws from; reads_guidance: FLUX.1-dev's guidance embedding is present;
     encoder_widths: {embedding key: input-embedding width} of the CLIP's text encoders (empty without a CLIP);
-    lora: the family LoRA files are written for, None where Stage 2 has no entry (lora_refusal says why)."""
+    lora: the family LoRA files are written for, None where Stage 2 has no entry (lora_refusal says why);
+    text_input: the width of the text states a FLUX.2 transformer reads (3 x its Qwen3's width), None elsewhere."""
 
     name: str
     target: str
@@ -50,6 +51,7 @@ class ModelFamily:
     encoder_widths: dict[str, int] = field(default_factory=dict)
     lora: BaseFamily | None = None
     lora_refusal: str = ""
+    text_input: int | None = None
 
     @property
     def title(self) -> str:
@@ -106,25 +108,6 @@ def sd_lora_family(model: Any) -> BaseFamily | None:
     return None
 
 
-# FLUX.2 Klein's sizes by the width of one Qwen3 layer it reads (qwen_3_4b: 2560, qwen_3_8b: 4096).
-KLEIN_SIZES = {2560: "Klein 4B", 4096: "Klein 9B"}
-
-
-def check_clip(family: str, model: Any, clip: Any) -> None:
-    """Raise ValueError, naming the fix, when `clip` is not the text encoder the MODEL of `family` (ModelFamily.name)
-    reads (text.check_text_encoders), or, for FLUX.2 Klein, a Qwen3 of another size than the model's text input
-    (three layers of the encoder's width). Stage 1 asks it in `describe`, Stage 2 when its run gets the CLIP."""
-    text.check_text_encoders(family, clip)
-    if family != "klein":
-        return
-    reads, width = text_input_width(model), next(iter(text.encoder_widths(clip).values()))
-    if reads != 3 * width:
-        size = KLEIN_SIZES.get(reads // 3, f"three Qwen3 layers of {reads // 3}")
-        raise ValueError(f"This FLUX.2 Klein MODEL ({size}) reads text states {reads} wide, but the CLIP's Qwen3 is {width} "
-                         "wide. Load the encoder of this Klein size with Load CLIP, type flux2 (Klein 4B: "
-                         "qwen_3_4b.safetensors; Klein 9B: qwen_3_8b.safetensors).")
-
-
 def describe(model: Any, clip: Any | None = None, stage2: bool = False) -> ModelFamily:
     """The family of `model` (a MODEL patcher) with `clip`'s text encoders, decided once.
 
@@ -136,9 +119,10 @@ def describe(model: Any, clip: Any | None = None, stage2: bool = False) -> Model
     target = sampling_target(sampling)
     sd_lora = sd_lora_family(model)
     flux, zimage, guided = is_flux1(model), is_zimage(model), reads_guidance(model)
-    klein = is_flux2(model) and text_input_width(model) != FLUX2_DEV_TEXT_INPUT
+    text_input = text_input_width(model) if is_flux2(model) else None
+    klein = text_input is not None and text_input != FLUX2_DEV_TEXT_INPUT
     config_name = type(model.model.model_config).__name__
-    if is_flux2(model) and not klein:
+    if text_input is not None and not klein:
         raise ValueError(f"ConceptPrism trains {TRAINED_FAMILIES}; this MODEL is FLUX.2-dev (its text input is Mistral "
                          "Small 3's), which it does not train: learning tokens backpropagates through its 24 B text encoder, "
                          "beyond one consumer card. Load a FLUX.2 Klein 4B or 9B diffusion model, or another family.")
@@ -162,10 +146,10 @@ def describe(model: Any, clip: Any | None = None, stage2: bool = False) -> Model
         raise ValueError(refusal)
     widths = text.encoder_widths(clip) if clip is not None else {}
     if clip is not None:
-        check_clip(name, model, clip)
+        text.check_text_encoders(name, clip, text_input)
     # eps and v models draw t ~ U{0..T-1} of their discrete schedule (paper Sec. 4.1); flow models draw sigma ~
     # U(0, 1] on FLOW_SIGMA_LEVELS directly: FLUX's and Z-Image's stored sigmas are shifted (Z-Image: shift 3 in
     # the host's ZImage config), so a uniform index would not be a uniform sigma. Uniform sigma is the paper's
     # uniform t carried to flow matching, as for FLUX.1; the sampler's shift stays an inference setting.
     levels = FLOW_SIGMA_LEVELS if target == "flow" else int(sampling.sigmas.shape[0])
-    return ModelFamily(name, target, levels, guided, widths, lora, refusal)
+    return ModelFamily(name, target, levels, guided, widths, lora, refusal, text_input)

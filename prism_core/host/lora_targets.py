@@ -80,26 +80,23 @@ def _zimage_names(model: Any) -> dict[str, Any]:
 # maps: FLUX.1 as its OneTrainer keys, 'lora_transformer_transformer_blocks_0_attn_to_q'; Z-Image as its
 # diffusers keys, 'diffusion_model.layers.0.attention.to_q'), the layers as the LoRA header describes them).
 FUSED_FAMILIES = {
-    "flux1": (_flux_names, FLUX_ATTENTION_PROJECTION, lambda name: "lora_transformer_" + name.replace(".", "_"), FLUX_LAYERS),
-    "zimage": (_zimage_names, ZIMAGE_ATTENTION_PROJECTION, lambda name: "diffusion_model." + name, ZIMAGE_LAYERS),
+    "flux1": (_flux_names, FLUX_ATTENTION_PROJECTION, lambda name: "lora_transformer_" + name.replace(".", "_")),
+    "zimage": (_zimage_names, ZIMAGE_ATTENTION_PROJECTION, lambda name: "diffusion_model." + name),
 }
+# Which layers Stage 2 adapts, as LoRA headers record it, by LoRA family name (SD_LAYERS for the others). FLUX.2
+# Klein reads FLUX.1's map and has its layer set.
+ADAPTED_LAYERS = {"flux1": FLUX_LAYERS, "flux1-schnell": FLUX_LAYERS, "flux2-klein": FLUX_LAYERS, "zimage": ZIMAGE_LAYERS}
 
 
 def _fused_family(family: BaseFamily) -> str | None:
     return "flux1" if family.name.startswith("flux") else family.name if family.name in FUSED_FAMILIES else None
 
 
-def adapted_layers(family: BaseFamily) -> str:
-    """Which layers Stage 2 adapts on `family`, as LoRA headers record it."""
-    fused = _fused_family(family)
-    return FUSED_FAMILIES[fused][3] if fused else SD_LAYERS
-
-
 def fused_targets(model: Any, fused: str) -> dict[str, LoraTarget]:
     """{diffusers name: LoraTarget} for the attention projections of a family in FUSED_FAMILIES, from the host's own
     map of diffusers names to weights and row slices (what its LoRA loader uses). Raises ValueError when the map
     names none (not that family's layout)."""
-    read_names, adapted, file_name, _ = FUSED_FAMILIES[fused]
+    read_names, adapted, file_name = FUSED_FAMILIES[fused]
     weights = dict(model.model.named_parameters())
     targets = {}
     for name, to in read_names(model).items():

@@ -17,8 +17,8 @@ from ..formats.token_bank import PrismTokens
 from . import lora_layers, text
 from .internals.lora_adapters import trainable_parameters
 from .diffusion import compute_dtype as resolve_dtype, dtype_name, encode_latents, training_conditionings
-from .family import ModelFamily, check_clip
-from .lora_targets import adapted_layers, lora_targets
+from .family import ModelFamily
+from .lora_targets import ADAPTED_LAYERS, SD_LAYERS, lora_targets
 from .stage2_backend import ComfyStage2Backend
 from .previews import TrainingPreviews
 from .stock_nodes import apply_lora
@@ -70,7 +70,7 @@ def train_concept_lora(
     lora_family, guided = family.lora, family.reads_guidance
     if lora_family is None:
         raise ValueError(family.lora_refusal)
-    check_clip(family.name, model, clip)
+    text.check_text_encoders(family.name, clip, family.text_input)
     check_tokens_match(clip, tokens, concept)
     text.warn_on_other_clip_layer(clip, tokens, "Prism LoRA Train")
     learned_guidance = tokens.settings.get("guidance")
@@ -96,7 +96,7 @@ def train_concept_lora(
             log.info("ConceptPrism: resuming keeps the saved LoRA's rank %d and alpha %g (the rank/alpha inputs are not used).", rank, alpha)
         settings = {**config.to_dict(), "rank": rank, "alpha": alpha, "resolution": concept.resolution,
                     "training_dtype": training_dtype,
-                    "layers": adapted_layers(lora_family),
+                    "layers": ADAPTED_LAYERS.get(lora_family.name, SD_LAYERS),
                     "clip_layer": text.clip_layer(clip), "prediction_target": family.target,
                     **({"guidance": options.guidance} if guided else {})}
         skipped: list[int] = []  # this run's steps whose update float16 overflow skipped

@@ -187,11 +187,15 @@ def check_family(clip: Any, keys: tuple[str, ...], widths: dict[str, int], what:
             "Load the checkpoint family the tokens were trained with, or train new tokens for this one.")
 
 
-def check_text_encoders(family: str, clip: Any) -> None:
+# FLUX.2 Klein's sizes by the width of one Qwen3 layer it reads (qwen_3_4b: 2560, qwen_3_8b: 4096).
+KLEIN_SIZES = {2560: "Klein 4B", 4096: "Klein 9B"}
+
+
+def check_text_encoders(family: str, clip: Any, text_input: int | None = None) -> None:
     """Raise ValueError, naming the fix, when the CLIP's text encoders (clip_l, t5xxl, qwen3_4b, ...) are not the
     MODEL's family's (`family`: family.ModelFamily.name): FLUX.1 needs CLIP-L + T5-XXL, Z-Image Qwen3-4B loaded
-    for Z-Image (not for FLUX.2 Klein, which reads the same file another way), FLUX.2 Klein its Qwen3 (4B or 8B)
-    loaded for Klein, SD models CLIP only."""
+    for Z-Image (not for FLUX.2 Klein, which reads the same file another way), FLUX.2 Klein its Qwen3 loaded for
+    Klein, of the size whose three stacked layers make the model's `text_input` width; SD models CLIP only."""
     keys = set(encoder_widths(clip))
     if family == "zimage" and (keys != {"qwen3_4b"} or not is_zimage_text_encoder(clip)):
         loaded = "Qwen3-4B loaded for another model (e.g. type flux2)" if keys == {"qwen3_4b"} else str(sorted(keys))
@@ -202,6 +206,12 @@ def check_text_encoders(family: str, clip: Any) -> None:
         raise ValueError(f"This FLUX.2 Klein MODEL needs its Qwen3 text encoder, but the CLIP is {loaded}. Load it with "
                          "Load CLIP, type flux2 (Klein 4B: qwen_3_4b.safetensors; Klein 9B: qwen_3_8b.safetensors), and "
                          "connect that CLIP.")
+    width = next(iter(encoder_widths(clip).values()))
+    if family == "klein" and text_input is not None and text_input != 3 * width:
+        size = KLEIN_SIZES.get(text_input // 3, f"three Qwen3 layers of {text_input // 3}")
+        raise ValueError(f"This FLUX.2 Klein MODEL ({size}) reads text states {text_input} wide, but the CLIP's Qwen3 is "
+                         f"{width} wide. Load the encoder of this Klein size with Load CLIP, type flux2 (Klein 4B: "
+                         "qwen_3_4b.safetensors; Klein 9B: qwen_3_8b.safetensors).")
     flux = family == "flux1"
     if flux and keys != {"clip_l", "t5xxl"}:
         raise ValueError(f"This FLUX.1 MODEL needs FLUX's text encoders (CLIP-L + T5-XXL), but the CLIP has {sorted(keys)}. "
