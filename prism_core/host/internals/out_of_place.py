@@ -191,6 +191,7 @@ def plain_apply_rope(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor
 # What training replaced, for previews rendered meanwhile (`sampling_as_the_host`).
 _switch_before: Any = False
 _host_rope: Callable | None = None
+_rope_modules: list[Any] = []
 
 
 @contextlib.contextmanager
@@ -211,19 +212,33 @@ def host_training_mode() -> Iterator[None]:
         comfy.model_management.in_training = saved
 
 
+def _rope_holders(function: Callable) -> list[Any]:
+    """The host's model modules that hold `function` under the name apply_rope: FLUX's math module, and those that
+    imported it by name (v0.8.0's Lumina / Z-Image attention: ``from comfy.ldm.flux.math import apply_rope``)."""
+    import sys
+    return [module for name, module in list(sys.modules.items())
+            if name.startswith("comfy.ldm.") and getattr(module, "apply_rope", None) is function]
+
+
+def _set_rope(holders: list[Any], function: Callable) -> None:
+    for module in holders:
+        module.apply_rope = function
+
+
 @contextlib.contextmanager
 def differentiable_rope() -> Iterator[None]:
-    """While open, FLUX attention applies RoPE with `plain_apply_rope` (autograd works) instead of the host's
-    choice, which on v0.8.0 is comfy-kitchen's custom op without a backward; put back on exit, also after an
-    error or Cancel."""
-    global _host_rope
+    """While open, FLUX-style attention (FLUX.1, FLUX.2, Z-Image's) applies RoPE with `plain_apply_rope` (autograd
+    works) instead of the host's choice, which on v0.8.0 is comfy-kitchen's custom op without a backward, in every
+    host module that holds it; put back on exit, also after an error or Cancel."""
+    global _host_rope, _rope_modules
     import comfy.ldm.flux.math as flux_math
     saved = _host_rope = flux_math.apply_rope
-    flux_math.apply_rope = plain_apply_rope
+    holders = _rope_modules = _rope_holders(saved)
+    _set_rope(holders, plain_apply_rope)
     try:
         yield
     finally:
-        flux_math.apply_rope = saved
+        _set_rope([m for m in holders if getattr(m, "apply_rope", None) is plain_apply_rope], saved)
 
 
 @contextlib.contextmanager
@@ -231,16 +246,14 @@ def sampling_as_the_host() -> Iterator[None]:
     """While open (inside training, for a preview), the host's training switch and its RoPE are as they were before
     training, so a preview samples as a stock graph does (on a GPU, comfy-kitchen's fused kernels where the host
     uses them); training's are put back on exit."""
-    import comfy.ldm.flux.math as flux_math
     switch = getattr(comfy.model_management, "in_training", None)
-    rope = flux_math.apply_rope
+    swapped = [m for m in _rope_modules if getattr(m, "apply_rope", None) is plain_apply_rope] if _host_rope else []
     if switch is not None:
         comfy.model_management.in_training = _switch_before
-    if rope is plain_apply_rope and _host_rope is not None:
-        flux_math.apply_rope = _host_rope
+    _set_rope(swapped, _host_rope)
     try:
         yield
     finally:
         if switch is not None:
             comfy.model_management.in_training = switch
-        flux_math.apply_rope = rope
+        _set_rope(swapped, plain_apply_rope)
