@@ -97,7 +97,7 @@ class PrismLoRATrain:
                             gradient_accumulation=gradient_accumulation, seed=seed, checkpoint_every=checkpoint_every)
         config = family_preset(config, family.presets, preset)
         label = "Stage 2"
-        if family.presets == "flux":  # FLUX.1 and Z-Image: say which values ran
+        if family.presets == "flux":  # FLUX.1, Z-Image, FLUX.2 Klein: say which values ran
             label = (f"Stage 2 {family.title} ({preset}: lr {config.learning_rate:g}, weight_decay {config.weight_decay:g}, steps "
                      f"{config.steps}, checkpoint_every {config.checkpoint_every}, accumulation {config.gradient_accumulation})")
         checkpoint_every = config.checkpoint_every

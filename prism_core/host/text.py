@@ -196,17 +196,18 @@ def check_text_encoders(family: str, clip: Any, text_input: int | None = None) -
     MODEL's family's (`family`: family.ModelFamily.name): FLUX.1 needs CLIP-L + T5-XXL, Z-Image Qwen3-4B loaded
     for Z-Image (not for FLUX.2 Klein, which reads the same file another way), FLUX.2 Klein its Qwen3 loaded for
     Klein, of the size whose three stacked layers make the model's `text_input` width; SD models CLIP only."""
-    keys = set(encoder_widths(clip))
-    if family == "zimage" and (keys != {"qwen3_4b"} or not is_zimage_text_encoder(clip)):
+    widths = encoder_widths(clip)
+    keys, reader = set(widths), qwen3_reader(clip)
+    if family == "zimage" and (keys != {"qwen3_4b"} or reader != "zimage"):
         loaded = "Qwen3-4B loaded for another model (e.g. type flux2)" if keys == {"qwen3_4b"} else str(sorted(keys))
         raise ValueError(f"This Z-Image MODEL needs its Qwen3-4B text encoder, but the CLIP has {loaded}. Load it "
                          "with Load CLIP (type lumina2: qwen_3_4b.safetensors) and connect that CLIP.")
-    if family == "klein" and (keys not in ({"qwen3_4b"}, {"qwen3_8b"}) or not is_klein_text_encoder(clip)):
+    if family == "klein" and (keys not in ({"qwen3_4b"}, {"qwen3_8b"}) or reader != "klein"):
         loaded = "a Qwen3 loaded for another model (e.g. type lumina2)" if keys <= {"qwen3_4b", "qwen3_8b"} else str(sorted(keys))
         raise ValueError(f"This FLUX.2 Klein MODEL needs its Qwen3 text encoder, but the CLIP is {loaded}. Load it with "
                          "Load CLIP, type flux2 (Klein 4B: qwen_3_4b.safetensors; Klein 9B: qwen_3_8b.safetensors), and "
                          "connect that CLIP.")
-    width = next(iter(encoder_widths(clip).values()))
+    width = next(iter(widths.values()))
     if family == "klein" and text_input is not None and text_input != 3 * width:
         size = KLEIN_SIZES.get(text_input // 3, f"three Qwen3 layers of {text_input // 3}")
         raise ValueError(f"This FLUX.2 Klein MODEL ({size}) reads text states {text_input} wide, but the CLIP's Qwen3 is "

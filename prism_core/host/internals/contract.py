@@ -382,7 +382,7 @@ INTERNALS: tuple[Internal, ...] = (
 
 def training_uses(stage: int, checkpointing: bool) -> tuple[str, ...]:
     """The uses a training node needs before it reads its model: Stage 1 (`stage` 1) trains through the text
-    encoders, Stage 2 trains LoRA adapters; gradient checkpointing adds its own. A FLUX.1 or Z-Image model adds
+    encoders, Stage 2 trains LoRA adapters; gradient checkpointing adds its own. A FLUX.1, Z-Image or FLUX.2 Klein model adds
     `family_uses`, asked once the family is known."""
     return (TOKENS, TRAINING, TEXT_TRAINING if stage == 1 else LORA, *((CHECKPOINTING,) if checkpointing else ()))
 

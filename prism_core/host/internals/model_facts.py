@@ -52,13 +52,17 @@ def reads_guidance(model: Any) -> bool:
     return embedder is not None and not isinstance(embedder, torch.nn.Identity)
 
 
+def _unet_config(patcher: Any) -> dict[str, Any]:
+    # the transformer/UNet settings the host's model config holds (image_model, context_in_dim, ...)
+    return getattr(getattr(patcher.model, "model_config", None), "unet_config", {})
+
+
 def is_flux1(patcher: Any) -> bool:
     """FLUX.1 dev or schnell: the host's model_base.Flux running its FLUX.1 transformer (unet_config
     image_model "flux"). FLUX.2 (v0.8.0's model_base.Flux2, a subclass with image_model "flux2" and a Mistral
     text encoder), Chroma and other Flux-derived models are not FLUX.1."""
     model = patcher.model
-    image_model = getattr(getattr(model, "model_config", None), "unet_config", {}).get("image_model")
-    return isinstance(model, comfy.model_base.Flux) and type(model).__name__ == "Flux" and image_model == "flux"
+    return isinstance(model, comfy.model_base.Flux) and type(model).__name__ == "Flux" and _unet_config(patcher).get("image_model") == "flux"
 
 
 def is_zimage(patcher: Any) -> bool:
@@ -67,9 +71,8 @@ def is_zimage(patcher: Any) -> bool:
     encoder), Z-Image's pixel-space variant (image model "zimage_pixel") and hosts without Z-Image are not."""
     config_class = getattr(comfy.supported_models, "ZImage", None)
     model = patcher.model
-    config = getattr(model, "model_config", None)
-    return (config_class is not None and isinstance(config, config_class) and type(model).__name__ == "Lumina2"
-            and getattr(config, "unet_config", {}).get("image_model") == "lumina2")
+    return (config_class is not None and isinstance(getattr(model, "model_config", None), config_class)
+            and type(model).__name__ == "Lumina2" and _unet_config(patcher).get("image_model") == "lumina2")
 
 
 # FLUX.2-dev's text input: three stacked layers of Mistral-Small 3's 5120-wide states (comfy/text_encoders/flux.py).
@@ -81,15 +84,14 @@ def is_flux2(patcher: Any) -> bool:
     FLUX.2-dev; `text_input_width` tells them apart."""
     model = patcher.model
     flux2 = getattr(comfy.model_base, "Flux2", None)
-    image_model = getattr(getattr(model, "model_config", None), "unet_config", {}).get("image_model")
-    return flux2 is not None and isinstance(model, flux2) and image_model == "flux2"
+    return flux2 is not None and isinstance(model, flux2) and _unet_config(patcher).get("image_model") == "flux2"
 
 
 def text_input_width(patcher: Any) -> int | None:
     """The width of the text states a FLUX transformer reads (its config's context_in_dim, which the host's model
     detection takes from the checkpoint's txt_in weight): FLUX.2 Klein 3 x 2560 (4B) or 3 x 4096 (9B),
     FLUX.2-dev 3 x 5120 (FLUX2_DEV_TEXT_INPUT)."""
-    return getattr(getattr(patcher.model, "model_config", None), "unet_config", {}).get("context_in_dim")
+    return _unet_config(patcher).get("context_in_dim")
 
 
 def condition_tensors(extras: dict[str, Any]) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def _t5_self_attention(layer: comfy.text_encoders.t5.T5LayerSelfAttention) -> Ca
 
 
 def _llama_block(layer: comfy.text_encoders.llama.TransformerBlock) -> Callable:
-    # Qwen3's block (Z-Image's encoder). 0.3.75's returns the states; 0.33.0's writes the MLP residual into its
+    # Qwen3's block (Z-Image's and FLUX.2 Klein's encoder). 0.3.75's returns the states; 0.33.0's writes the MLP residual into its
     # input (torch.add(residual, x, out=output)) and returns (states, key/value cache) as its attention does. The
     # host calls it with keywords named as its parameters, which its attention takes under the same names.
     names = list(inspect.signature(type(layer).forward).parameters)[2:]  # after self, x

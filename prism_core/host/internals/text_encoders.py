@@ -64,10 +64,8 @@ def literal_chunk(tokenizer: comfy.sd1_clip.SDTokenizer, caption: str) -> tuple[
     come from the underlying BPE/SentencePiece tokenizer with its start/end tokens stripped, as the host
     strips them per word. A caption longer than one chunk is cut to it.
     """
-    ids = tokenizer.tokenizer(caption)["input_ids"]
     start = tokenizer.tokens_start
-    ids = ids[start:len(ids) - 1 if tokenizer.tokenizer_adds_end_token else len(ids)]
-    ids = ids[:tokenizer.max_length - start - 1]  # room for the start and end tokens
+    ids = _text_ids(tokenizer, caption)[:tokenizer.max_length - start - 1]  # room for the start and end tokens
     empty = [(t, w) for t, w, *_ in tokenizer.tokenize_with_weights("")[0]]  # [start?, end, padding...]
     chunk = empty[:start] + [(t, 1.0) for t in ids] + empty[start:]
     # The caption's tokens take the place of trailing padding, so the chunk keeps the host's length.
@@ -82,11 +80,15 @@ def added_tokens(clip: Any, key: str) -> dict[str, int]:
     return dict(getattr(tokenizer_for(clip, key).tokenizer, "added_tokens_encoder", {}) or {})
 
 
-def word_ids(clip: Any, key: str, text: str) -> list[int]:
-    """The token ids of `text` alone (no start, end or padding tokens, no template) in encoder `key`'s vocabulary."""
-    tokenizer = tokenizer_for(clip, key)
+def _text_ids(tokenizer: comfy.sd1_clip.SDTokenizer, text: str) -> list[int]:
+    # the underlying tokenizer's ids of `text`, its start and end tokens stripped as the host strips them per word
     ids = tokenizer.tokenizer(text)["input_ids"]
     return ids[tokenizer.tokens_start:len(ids) - 1 if tokenizer.tokenizer_adds_end_token else len(ids)]
+
+
+def word_ids(clip: Any, key: str, text: str) -> list[int]:
+    """The token ids of `text` alone (no start, end or padding tokens, no template) in encoder `key`'s vocabulary."""
+    return _text_ids(tokenizer_for(clip, key), text)
 
 
 def is_zimage_text_encoder(clip: Any) -> bool:
