@@ -109,3 +109,41 @@ def llm_cond(clip, prompt: str, rows: list[torch.Tensor], key: str = "qwen3_4b")
             chunk.append((token, weight, *rest))
     out = clip.encode_from_tokens({key: [chunk]}, return_dict=True)
     return out["cond"], int(out["attention_mask"].sum()) if out.get("attention_mask") is not None else out["cond"].shape[1]
+
+
+def stage2_flow_steps():
+    """Two Stage 2 micro-steps on a flow model: image 1 at sigma 0.4 and image 2 at sigma 0.85 of the plan's 2^24-level
+    grid (sigma = (k + 1) / 2^24), noise seeds 77 and 78."""
+    from comfyui_conceptprism.prism_core.training.schedule import MicroStep
+    grid = 2 ** 24
+    return [MicroStep(1, (), (round(0.4 * grid) - 1,), 77), MicroStep(2, (), (round(0.85 * grid) - 1,), 78)]
+
+
+def randomised_adapters(model, seed: int = 1, scale: float = 0.05, alpha: float = 2.0):
+    """Stage 2's trainable adapters on `model` (rank 4) with seeded random up and down weights (not the zero-up start
+    of training), so a LoRA's effect and gradient are not zero."""
+    from comfyui_conceptprism.prism_core.host import lora_layers
+    from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets
+    adapters = lora_layers.trainable_adapters(stage2_targets(model), rank=4, alpha=alpha, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in adapters.values():
+            adapter.lora_down.weight.copy_(torch.randn(adapter.lora_down.weight.shape, generator=g) * scale)
+            adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * scale)
+    return adapters
+
+
+def stage2_losses(model, models, adapters, tokens, concept, checkpointing: bool = False, guidance: float | None = None):
+    """(per-micro-step losses, trainable parameters with their gradients) of `stage2_flow_steps` on `model` with
+    `adapters`, through the pack's Stage 2 backend; the text and VAE of `models`; `guidance` as the run passes it."""
+    from comfyui_conceptprism.prism_core.host.diffusion import encode_latents, training_conditionings
+    from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters
+    from comfyui_conceptprism.prism_core.host.stage2_backend import ComfyStage2Backend
+    from comfyui_conceptprism.prism_core.training.stage2 import step_losses
+    with torch.inference_mode(False):
+        conds = training_conditionings(model, models.clip, tokens, RES, guidance)
+        latents = encode_latents(model, models.vae, concept.images.clone())
+        with ComfyStage2Backend(model, adapters, *stage2_run(model), max_batch=2, checkpointing=checkpointing) as backend:
+            params = trainable_parameters(adapters)
+            losses = step_losses(backend, latents, conds, stage2_flow_steps(), params)
+    return losses, params

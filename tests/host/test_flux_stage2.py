@@ -4,6 +4,7 @@ and the incoming MODEL after training and Cancel."""
 from __future__ import annotations
 
 import json
+import functools
 import logging
 import re
 
@@ -18,22 +19,16 @@ import comfy.lora  # noqa: E402
 import comfy.model_management  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
-from host_checks import RES, host_outputs, module_state, random_concept, stage2_run  # noqa: E402
+from host_checks import randomised_adapters, stage2_flow_steps, stage2_losses, host_outputs, module_state, random_concept  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.prism_core.training.config import LoraConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.formats.lora_file import LoraWeights, read_lora  # noqa: E402
-from comfyui_conceptprism.prism_core.training.stage2 import step_losses  # noqa: E402
-from comfyui_conceptprism.prism_core.training.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.family import describe  # noqa: E402
-from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters  # noqa: E402
 from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
-from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
-from comfyui_conceptprism.prism_core.host.diffusion import training_conditionings  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import train_concept_lora  # noqa: E402
-from comfyui_conceptprism.prism_core.host.stage2_backend import ComfyStage2Backend  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora  # noqa: E402
 
 GRID = 2 ** 24
@@ -51,27 +46,12 @@ def _tokens(models, n=3, residual_length=1, seed=7):
                        [""] * n, [f"{i}.png" for i in range(n)], {"beta": 0.5}, LossHistory([1.0], [0.1]))
 
 
-def _randomised_adapters(model, seed=1, scale=0.05, alpha=2.0):
-    adapters = lora_layers.trainable_adapters(stage2_targets(model), rank=4, alpha=alpha, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for adapter in adapters.values():
-            adapter.lora_down.weight.copy_(torch.randn(adapter.lora_down.weight.shape, generator=g) * scale)
-            adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * scale)
-    return adapters
 
 
-STEPS = [MicroStep(1, (), (round(0.4 * GRID) - 1,), 77), MicroStep(2, (), (round(0.85 * GRID) - 1,), 78)]
+STEPS = stage2_flow_steps()  # the micro-steps stage2_losses runs
+_stage2_losses = functools.partial(stage2_losses, guidance=3.5)  # the run's guidance
 
 
-def _step_losses(model, models, adapters, tokens, concept, checkpointing=False):
-    with torch.inference_mode(False):
-        conds = training_conditionings(model, models.clip, tokens, RES, 3.5)
-        latents = encode_latents(model, models.vae, concept.images.clone())
-        with ComfyStage2Backend(model, adapters, *stage2_run(model), max_batch=2, checkpointing=checkpointing) as backend:
-            params = trainable_parameters(adapters)
-            losses = step_losses(backend, latents, conds, STEPS, params)
-    return losses, params
 
 
 @pytest.mark.parametrize("family", ["flux", "flux-schnell"])
@@ -79,7 +59,7 @@ def test_loss_equals_the_hosts_patching_of_the_saved_file_and_only_attention_is_
     import safetensors.torch
     models = tiny(family)
     tokens, concept = _tokens(models), random_concept()
-    adapters = _randomised_adapters(models.model)
+    adapters = randomised_adapters(models.model)
     names = {k: stage2_targets(models.model)[k].file_name for k in list(adapters)}
     weights = LoraWeights(lora_layers.adapter_tensors(adapters, names), {})
 
@@ -93,7 +73,7 @@ def test_loss_equals_the_hosts_patching_of_the_saved_file_and_only_attention_is_
     assert linear1_rows == [(0, HIDDEN), (HIDDEN, HIDDEN), (2 * HIDDEN, HIDDEN)]
     assert len(weights) == 3 * (8 * 1 + 3 * 1)  # 8 adapters per double block, 3 per single block
 
-    losses, params = _step_losses(models.model, models, adapters, tokens, concept)
+    losses, params = _stage2_losses(models.model, models, adapters, tokens, concept)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in params)
     assert all(p.grad is None for p in models.model.model.parameters())
 
@@ -121,8 +101,8 @@ def test_loss_equals_the_hosts_patching_of_the_saved_file_and_only_attention_is_
 def test_adapter_gradients_equal_finite_differences(checkpointing, tiny):
     models = tiny("flux")
     tokens, concept = _tokens(models), random_concept()
-    adapters = _randomised_adapters(models.model, seed=4)
-    _, params = _step_losses(models.model, models, adapters, tokens, concept, checkpointing)
+    adapters = randomised_adapters(models.model, seed=4)
+    _, params = _stage2_losses(models.model, models, adapters, tokens, concept, checkpointing)
     # A slice of linear1, a slice of the text stream's fused qkv, a whole projection. (q and k gradients are
     # ~1e-7 in this tiny model, whose attention is nearly uniform: below what a float32 difference resolves.)
     picks = {"single_transformer_blocks.0.attn.to_v": "lora_down", "transformer_blocks.0.attn.add_v_proj": "lora_down",
@@ -138,7 +118,7 @@ def test_adapter_gradients_equal_finite_differences(checkpointing, tiny):
             shifted = {k: a for k, a in adapters.items()}
             with torch.no_grad():
                 weight.view(-1)[coordinate] += sign * 1e-2
-            values.append(sum(_step_losses(models.model, models, shifted, tokens, concept)[0]) / len(STEPS))
+            values.append(sum(_stage2_losses(models.model, models, shifted, tokens, concept)[0]) / len(STEPS))
             with torch.no_grad():
                 weight.view(-1)[coordinate] -= sign * 1e-2
         numeric = (values[0] - values[1]) / 2e-2
@@ -244,8 +224,8 @@ def test_fp8_stored_weights_train_as_their_float32_twin():
     tokens, concept = _tokens(twin), random_concept()
     results = []
     for model in (fp8.model, twin.model):  # the same text encoder and VAE (the twin's) for both
-        adapters = _randomised_adapters(model, seed=2)
-        losses, params = _step_losses(model, twin, adapters, tokens, concept)
+        adapters = randomised_adapters(model, seed=2)
+        losses, params = _stage2_losses(model, twin, adapters, tokens, concept)
         results.append((losses, [p.grad.clone() for p in params]))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     for a, b in zip(results[0][1], results[1][1]):

@@ -5,6 +5,7 @@ differences with and without checkpointing, LoraLoader parity and strength 0, th
 untouched, Cancel, bfloat16 and fp8 twins; FLUX.2-dev refused. Releases without Klein skip."""
 from __future__ import annotations
 
+import functools
 import logging
 
 import pytest
@@ -18,7 +19,7 @@ import comfy.lora  # noqa: E402
 import comfy.model_management  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
-from host_checks import RES, WORD, host_outputs, llm_cond, module_state, random_concept, stage2_run, widget_defaults  # noqa: E402
+from host_checks import RES, randomised_adapters, stage2_flow_steps, stage2_losses, WORD, host_outputs, llm_cond, module_state, random_concept, widget_defaults  # noqa: E402
 from comfyui_conceptprism.nodes.conditioning import PrismConditioning  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
@@ -28,23 +29,21 @@ from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, Pris
 from comfyui_conceptprism.prism_core.training.config import LoraConfig, TokenConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.training.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.training.stage1 import TokenParameters, micro_step_losses  # noqa: E402
-from comfyui_conceptprism.prism_core.training.stage2 import step_losses  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
-from comfyui_conceptprism.prism_core.host.diffusion import encode_latents, training_conditionings  # noqa: E402
+from comfyui_conceptprism.prism_core.host.diffusion import encode_latents  # noqa: E402
 from comfyui_conceptprism.prism_core.host.family import describe  # noqa: E402
-from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters  # noqa: E402
 from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1 import learn_tokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage1_backend import ComfyStage1Backend  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import train_concept_lora  # noqa: E402
-from comfyui_conceptprism.prism_core.host.stage2_backend import ComfyStage2Backend  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora  # noqa: E402
 
 GRID = 2 ** 24  # the plan's sigma grid, from its definition: sigma = (k + 1) / 2^24
 KEYS = {"klein4b": "qwen3_4b", "klein4b-guided": "qwen3_4b", "klein9b": "qwen3_8b"}
 STEP = MicroStep(image=1, anchors=(2, 0), timesteps=(round(0.3 * GRID) - 1, round(0.75 * GRID) - 1, round(0.05 * GRID) - 1),
                  noise_seed=1234)
-STEPS = [MicroStep(1, (), (round(0.4 * GRID) - 1,), 77), MicroStep(2, (), (round(0.85 * GRID) - 1,), 78)]
+STEPS = stage2_flow_steps()  # the micro-steps stage2_losses runs
+_stage2_losses = functools.partial(stage2_losses, guidance=3.5)  # the run's guidance
 
 
 def _has_klein() -> bool:
@@ -147,30 +146,14 @@ def test_token_gradients_through_the_llm_equal_finite_differences(checkpointing,
             assert float(flat[coordinate]) == pytest.approx((values[0] - values[1]) / 4e-3, rel=0.03), where
 
 
-def _randomised_adapters(model, seed=1, scale=0.05):
-    adapters = lora_layers.trainable_adapters(stage2_targets(model), rank=4, alpha=2.0, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for adapter in adapters.values():
-            adapter.lora_down.weight.copy_(torch.randn(adapter.lora_down.weight.shape, generator=g) * scale)
-            adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * scale)
-    return adapters
 
 
-def _step_losses(model, models, adapters, tokens, concept, checkpointing=False):
-    with torch.inference_mode(False):
-        conds = training_conditionings(model, models.clip, tokens, RES, 3.5)
-        latents = encode_latents(model, models.vae, concept.images.clone())
-        with ComfyStage2Backend(model, adapters, *stage2_run(model), max_batch=2, checkpointing=checkpointing) as backend:
-            params = trainable_parameters(adapters)
-            losses = step_losses(backend, latents, conds, STEPS, params)
-    return losses, params
 
 
 def test_stage2_loss_equals_the_hosts_patching_of_the_file_and_gradients_equal_finite_differences(klein):
     models, key = klein("klein4b"), "qwen3_4b"
     tokens, concept = _bank(models, key), random_concept()
-    adapters = _randomised_adapters(models.model)
+    adapters = randomised_adapters(models.model)
     names = {k: stage2_targets(models.model)[k].file_name for k in adapters}
     weights = LoraWeights(lora_layers.adapter_tensors(adapters, names), {})
     key_map = comfy.lora.model_lora_keys_unet(models.model.model, {})
@@ -179,7 +162,7 @@ def test_stage2_loss_equals_the_hosts_patching_of_the_file_and_gradients_equal_f
     assert adapted == {"diffusion_model.double_blocks.0.img_attn.qkv.weight", "diffusion_model.double_blocks.0.txt_attn.qkv.weight",
                        "diffusion_model.double_blocks.0.img_attn.proj.weight", "diffusion_model.double_blocks.0.txt_attn.proj.weight",
                        "diffusion_model.single_blocks.0.linear1.weight"}
-    losses, params = _step_losses(models.model, models, adapters, tokens, concept, checkpointing=True)
+    losses, params = _stage2_losses(models.model, models, adapters, tokens, concept, checkpointing=True)
     patched = apply_lora(models.model, weights)
     comfy.model_management.load_models_gpu([patched])
     with torch.no_grad():
@@ -204,7 +187,7 @@ def test_stage2_loss_equals_the_hosts_patching_of_the_file_and_gradients_equal_f
         for sign in (1, -1):
             with torch.no_grad():
                 weight.view(-1)[coordinate] += sign * 1e-2
-            values.append(sum(_step_losses(models.model, models, adapters, tokens, concept)[0]) / len(STEPS))
+            values.append(sum(_stage2_losses(models.model, models, adapters, tokens, concept)[0]) / len(STEPS))
             with torch.no_grad():
                 weight.view(-1)[coordinate] -= sign * 1e-2
         assert float(grads[name][coordinate]) == pytest.approx((values[0] - values[1]) / 2e-2, rel=0.03), name

@@ -19,22 +19,17 @@ import comfy.model_management  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import nodes as host_nodes  # noqa: E402
 
-from host_checks import RES, WORD, host_outputs, module_state, random_concept, stage2_run, widget_defaults  # noqa: E402
+from host_checks import randomised_adapters, stage2_flow_steps, stage2_losses, WORD, host_outputs, module_state, random_concept, widget_defaults  # noqa: E402
 from host_checks import llm_cond as oracle_cond  # noqa: E402
 from comfyui_conceptprism.nodes.lora_files import SavePrismLoRA  # noqa: E402
 from comfyui_conceptprism.nodes.lora_train import PrismLoRATrain  # noqa: E402
 from comfyui_conceptprism.prism_core.training.config import LoraConfig  # noqa: E402
 from comfyui_conceptprism.prism_core.formats.lora_file import LoraWeights, read_lora  # noqa: E402
-from comfyui_conceptprism.prism_core.training.stage2 import step_losses  # noqa: E402
-from comfyui_conceptprism.prism_core.training.schedule import MicroStep  # noqa: E402
 from comfyui_conceptprism.prism_core.formats.token_bank import LossHistory, PrismTokens  # noqa: E402
 from comfyui_conceptprism.prism_core.host import lora_layers, text  # noqa: E402
 from comfyui_conceptprism.prism_core.host.family import describe  # noqa: E402
-from comfyui_conceptprism.prism_core.host.internals.lora_adapters import trainable_parameters  # noqa: E402
 from comfyui_conceptprism.prism_core.host.lora_targets import stage2_targets  # noqa: E402
-from comfyui_conceptprism.prism_core.host.diffusion import encode_latents, training_conditionings  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stage2 import train_concept_lora  # noqa: E402
-from comfyui_conceptprism.prism_core.host.stage2_backend import ComfyStage2Backend  # noqa: E402
 from comfyui_conceptprism.prism_core.host.stock_nodes import apply_lora  # noqa: E402
 
 GRID = 2 ** 24
@@ -43,7 +38,7 @@ DIM = 256  # the tiny Z-Image's width (tiny_models.zimage_shaped)
 # The test's own list of what is adapted, in the host's module names: every block's fused qkv (its q, k, v rows)
 # and out projection, in the main blocks and both refiners (1 each in the tiny model); nothing else.
 ADAPTED_WEIGHT = re.compile(r"^diffusion_model\.(layers|context_refiner|noise_refiner)\.\d+\.attention\.(qkv|out)\.weight$")
-STEPS = [MicroStep(1, (), (round(0.4 * GRID) - 1,), 77), MicroStep(2, (), (round(0.85 * GRID) - 1,), 78)]
+STEPS = stage2_flow_steps()  # the micro-steps stage2_losses runs
 
 
 @pytest.fixture
@@ -60,30 +55,14 @@ def _tokens(models, n=3, seed=7):
                        [""] * n, [f"{i}.png" for i in range(n)], {"beta": 0.5}, LossHistory([1.0], [0.1]))
 
 
-def _randomised_adapters(model, seed=1, scale=0.05, alpha=2.0):
-    adapters = lora_layers.trainable_adapters(stage2_targets(model), rank=4, alpha=alpha, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for adapter in adapters.values():
-            adapter.lora_down.weight.copy_(torch.randn(adapter.lora_down.weight.shape, generator=g) * scale)
-            adapter.lora_up.weight.copy_(torch.randn(adapter.lora_up.weight.shape, generator=g) * scale)
-    return adapters
 
 
-def _step_losses(model, models, adapters, tokens, concept, checkpointing=False):
-    with torch.inference_mode(False):
-        conds = training_conditionings(model, models.clip, tokens, RES)
-        latents = encode_latents(model, models.vae, concept.images.clone())
-        with ComfyStage2Backend(model, adapters, *stage2_run(model), max_batch=2, checkpointing=checkpointing) as backend:
-            params = trainable_parameters(adapters)
-            losses = step_losses(backend, latents, conds, STEPS, params)
-    return losses, params
 
 
 def test_loss_equals_the_hosts_patching_of_the_saved_file_and_only_attention_is_adapted(zimage):
     models = zimage
     tokens, concept = _tokens(models), random_concept()
-    adapters = _randomised_adapters(models.model)
+    adapters = randomised_adapters(models.model)
     names = {k: stage2_targets(models.model)[k].file_name for k in adapters}
     weights = LoraWeights(lora_layers.adapter_tensors(adapters, names), {})
 
@@ -97,7 +76,7 @@ def test_loss_equals_the_hosts_patching_of_the_saved_file_and_only_attention_is_
     assert qkv_rows == [(0, DIM), (DIM, DIM), (2 * DIM, DIM)]
     assert len(weights) == 3 * 4 * 4  # (up, down, alpha) x (q, k, v, out) x 4 blocks
 
-    losses, params = _step_losses(models.model, models, adapters, tokens, concept)
+    losses, params = stage2_losses(models.model, models, adapters, tokens, concept)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in params)
     assert all(p.grad is None for p in models.model.model.parameters())
 
@@ -121,8 +100,8 @@ def test_loss_equals_the_hosts_patching_of_the_saved_file_and_only_attention_is_
 def test_adapter_gradients_equal_finite_differences(checkpointing, zimage):
     models = zimage
     tokens, concept = _tokens(models), random_concept()
-    adapters = _randomised_adapters(models.model, seed=4)
-    _, params = _step_losses(models.model, models, adapters, tokens, concept, checkpointing)
+    adapters = randomised_adapters(models.model, seed=4)
+    _, params = stage2_losses(models.model, models, adapters, tokens, concept, checkpointing)
     # a v slice of a main block's qkv, a refiner's out projection, a q slice
     picks = {"layers.1.attention.to_v": "lora_down", "context_refiner.0.attention.to_out.0": "lora_up",
              "layers.0.attention.to_q": "lora_up"}
@@ -135,7 +114,7 @@ def test_adapter_gradients_equal_finite_differences(checkpointing, zimage):
         for sign in (1, -1):
             with torch.no_grad():
                 weight.view(-1)[coordinate] += sign * 1e-2
-            values.append(sum(_step_losses(models.model, models, adapters, tokens, concept)[0]) / len(STEPS))
+            values.append(sum(stage2_losses(models.model, models, adapters, tokens, concept)[0]) / len(STEPS))
             with torch.no_grad():
                 weight.view(-1)[coordinate] -= sign * 1e-2
         numeric = (values[0] - values[1]) / 2e-2
@@ -197,8 +176,8 @@ def test_fp8_stored_weights_train_as_their_float32_twin():
     tokens, concept = _tokens(twin), random_concept()
     results = []
     for model in (fp8.model, twin.model):  # the same text encoder and VAE (the twin's) for both
-        adapters = _randomised_adapters(model, seed=2)
-        losses, params = _step_losses(model, twin, adapters, tokens, concept)
+        adapters = randomised_adapters(model, seed=2)
+        losses, params = stage2_losses(model, twin, adapters, tokens, concept)
         results.append((losses, [p.grad.clone() for p in params]))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
