@@ -36,6 +36,15 @@ def tiny(embedding_root):
 
 
 @pytest.fixture
+def zimage(tiny):
+    """The tiny Z-Image (tiny_models.build("zimage")), or a skip on releases without Z-Image (before 0.3.75)."""
+    import comfy.supported_models
+    if not hasattr(comfy.supported_models, "ZImage"):
+        pytest.skip("this ComfyUI release has no Z-Image")
+    return tiny("zimage")
+
+
+@pytest.fixture
 def folders(embedding_root, tmp_path, monkeypatch):
     """Point ComfyUI's embeddings folder at the tiny CLIPs' one, and the pack's token folder at a temp dir."""
     import folder_paths

@@ -204,20 +204,13 @@ def test_t5_layers(tiny):
 
 # --- Z-Image ------------------------------------------------------------------------------------------------
 
-def _zimage(tiny: Any) -> Any:
-    import comfy.supported_models
-    if not hasattr(comfy.supported_models, "ZImage"):
-        pytest.skip("this ComfyUI release has no Z-Image")
-    return tiny("zimage")
-
-
-def test_qwen3_block(tiny):
+def test_qwen3_block(zimage):
     """The out-of-place rewrite of Qwen3's block computes the host's block exactly on the inputs the host's own
     encoder gives it (its mask, RoPE and attention function), leaves the states it was given unwritten, returns what
     the host's returns (0.33.0: states and key/value cache) and hands an argument a newer host adds to attention."""
     import comfy.text_encoders.llama as llama
     with guarding("comfy.text_encoders.llama.TransformerBlock"):
-        clip = _zimage(tiny).clip
+        clip = zimage.clip
         block = _first(clip.cond_stage_model, llama.TransformerBlock)
         seen: list = []
         hook = block.register_forward_pre_hook(lambda m, a, k: seen.append(_copied(a, k)), with_kwargs=True)
@@ -248,12 +241,12 @@ def test_qwen3_block(tiny):
         assert recorder.calls and recorder.calls[-1][1].get("extra_from_a_newer_host") == 1, recorder.calls
 
 
-def test_training_switch(tiny):
+def test_training_switch(zimage):
     """While training, the host's switch is on where it has one and Z-Image's attention backpropagates; on a host
     with the switch, the same backward with it off fails (0.33.0 runs q/k norm + RoPE in comfy-kitchen's fused
     kernel, which has no backward); it is put back after."""
     with guarding("comfy.model_management.in_training"):
-        models = _zimage(tiny)
+        models = zimage
         before = getattr(comfy.model_management, "in_training", None)
         cond = models.clip.encode_from_tokens(models.clip.tokenize("a red ball")).clone()
         z = torch.randn(1, 16, RES // 8, RES // 8, generator=torch.Generator().manual_seed(1))

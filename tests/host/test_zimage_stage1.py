@@ -39,13 +39,6 @@ def _index(sigma: float) -> int:
 STEP = MicroStep(image=1, anchors=(2, 0), timesteps=(_index(0.3), _index(0.75), _index(0.05)), noise_seed=1234)
 
 
-@pytest.fixture
-def zimage(tiny):
-    if not hasattr(comfy.supported_models, "ZImage"):
-        pytest.skip("this ComfyUI release has no Z-Image")
-    return tiny("zimage")
-
-
 def _vectors(models, seed=3, residual_rows=2):
     width = text.encoder_widths(models.clip)[KEY]
     g = torch.Generator().manual_seed(seed)

@@ -41,13 +41,6 @@ ADAPTED_WEIGHT = re.compile(r"^diffusion_model\.(layers|context_refiner|noise_re
 STEPS = stage2_flow_steps()  # the micro-steps stage2_losses runs
 
 
-@pytest.fixture
-def zimage(tiny):
-    if not hasattr(comfy.supported_models, "ZImage"):
-        pytest.skip("this ComfyUI release has no Z-Image")
-    return tiny("zimage")
-
-
 def _tokens(models, n=3, seed=7):
     g = torch.Generator().manual_seed(seed)
     width = text.encoder_widths(models.clip)[KEY]
